@@ -1,0 +1,38 @@
+"""gagpo — advantage estimators for multi-turn LLM agents, from REINFORCE to GAGPO.
+
+The pieces, in the order data flows through them::
+
+    environment -> rollout -> StepBatch -> advantages -> losses -> update
+
+* :class:`gagpo.StepBatch` — one row per agent decision (the data contract);
+* :mod:`gagpo.advantages` — pure numpy estimators (REINFORCE, GRPO, RLOO, GAE, GiGPO, GAGPO);
+* :mod:`gagpo.losses` — the PPO clipped surrogate with token- or action-level ratios;
+* :mod:`gagpo.policies`, :mod:`gagpo.rollout`, :mod:`gagpo.trainer` — the toy-chapter stack.
+"""
+from .advantages import (
+    discounted_returns,
+    gae_advantages,
+    gagpo_advantages,
+    gigpo_advantages,
+    gigpo_step_advantages,
+    grouped_value_proxy,
+    grpo_advantages,
+    reinforce_advantages,
+    rloo_advantages,
+)
+from .batch import StepBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "StepBatch",
+    "discounted_returns",
+    "reinforce_advantages",
+    "grpo_advantages",
+    "rloo_advantages",
+    "gae_advantages",
+    "gigpo_advantages",
+    "gigpo_step_advantages",
+    "grouped_value_proxy",
+    "gagpo_advantages",
+]

@@ -1,0 +1,204 @@
+"""Benchmarks and the headline experiment: scripts that print tables and write figures.
+
+* :func:`throughput` — rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes;
+* :func:`headline` — GAGPO vs GiGPO vs GRPO on KeyDoor with a small budget (the README's main job).
+
+Speed and sample-efficiency are measured here, never in timed tests.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import advantages as A
+from .batch import StepBatch
+from .config import TrainConfig
+
+
+# ---------------------------------------------------------------------- estimator throughput
+def synthetic_batch(n_groups: int, group_size: int = 8, length: int = 50, n_obs: int = 60, seed: int = 0) -> StepBatch:
+    """``n_groups × group_size`` trajectories of ``length`` steps whose observations are drawn from
+    ``n_obs`` distinct strings per group (so anchor states repeat), with sparse final rewards."""
+    rng = np.random.default_rng(seed)
+    n = n_groups * group_size * length
+    step = np.tile(np.arange(length), n_groups * group_size)
+    obs = rng.integers(0, n_obs, size=n)
+    nxt = np.roll(obs, -1)
+    names = np.array([f"You are in room {k}. You see a door to the north and a key." for k in range(n_obs)], dtype=object)
+    reward = np.where(step == length - 1, (rng.random(n) < 0.5).astype(float), 0.0)
+    return StepBatch(
+        group_id=np.repeat(np.arange(n_groups), group_size * length), traj_id=np.repeat(np.arange(n_groups * group_size), length),
+        step=step, obs_key=names[obs], next_obs_key=names[nxt], reward=reward, terminated=step == length - 1,
+        truncated=np.zeros(n, dtype=bool),
+    )
+
+
+def _best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def throughput(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 5) -> list[dict[str, Any]]:
+    """Time the estimators on synthetic batches of ``n_groups`` ∈ ``sizes`` (8 trajectories × 50 steps,
+    ~60 distinct observations per group). ``fresh`` includes building the batch's integer codes (the
+    first call on a new batch); ``cached`` reuses them. Prints a Markdown table and returns its rows."""
+    estimators = {
+        "grpo": lambda b: A.grpo_advantages(b),
+        "gigpo": lambda b: A.gigpo_advantages(b, 0.95),
+        "gagpo": lambda b: A.gagpo_advantages(b, 0.95, 0.95),
+    }
+    rows = []
+    for n_groups in sizes:
+        for name, fn in estimators.items():
+            fresh = _best_time(lambda: fn(synthetic_batch(n_groups)), 1)  # warm-up of code paths
+            fresh = min(fresh, min(_timed_fresh(fn, n_groups) for _ in range(repeats)))
+            b = synthetic_batch(n_groups)
+            fn(b)
+            cached = _best_time(lambda: fn(b), repeats)
+            rows.append({"estimator": name, "groups": n_groups, "rows": len(b), "fresh_ms": 1e3 * fresh,
+                         "cached_ms": 1e3 * cached, "rows_per_s": len(b) / fresh})
+    print("| estimator | groups | rows | fresh batch (ms) | cached codes (ms) | rows/s (fresh) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['estimator']} | {r['groups']} | {r['rows']:,} | {r['fresh_ms']:.1f} | {r['cached_ms']:.2f} | {r['rows_per_s']:,.0f} |")
+    for name in estimators:
+        ts = [r["fresh_ms"] for r in rows if r["estimator"] == name]
+        rs = [r["rows"] for r in rows if r["estimator"] == name]
+        print(f"{name}: {rs[-1] // rs[0]}x the rows took {ts[-1] / ts[0]:.1f}x the time")
+    return rows
+
+
+def _timed_fresh(fn, n_groups: int) -> float:
+    b = synthetic_batch(n_groups)
+    t = time.perf_counter()
+    fn(b)
+    return time.perf_counter() - t
+
+
+# ---------------------------------------------------------------------- headline experiment
+HEADLINE_ALGOS = ("grpo", "gigpo", "gagpo")
+
+
+def headline_config(algo: str, seed: int, quick: bool = False, out_root: str = "runs/headline") -> TrainConfig:
+    """The KeyDoor configuration shared by every algorithm of the headline run (same budget)."""
+    return TrainConfig(
+        env="toy_envs/KeyDoor-v0", algo=algo, seed=seed, iterations=20 if quick else 50, tasks_per_iter=8,
+        group_size=8, eval_every=5, eval_episodes=50, progress=False, out_dir=os.path.join(out_root, f"{algo}-seed{seed}"),
+    )
+
+
+def _run_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
+    from .trainer import train
+
+    return train(TrainConfig(**cfg_dict))
+
+
+def run_many(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs") -> list[list[dict[str, Any]]]:
+    """Train several configurations in ``workers`` processes, with a progress bar over runs."""
+    from tqdm.auto import tqdm
+
+    dicts = [dataclasses.asdict(c) for c in configs]
+    results: list[Any] = [None] * len(dicts)
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        futures = {ex.submit(_run_one, d): i for i, d in enumerate(dicts)}
+        from concurrent.futures import as_completed
+
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc):
+            results[futures[fut]] = fut.result()
+    return results
+
+
+def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int = 2,
+             figures_dir: str | None = None, algos: Sequence[str] = HEADLINE_ALGOS) -> list[dict[str, Any]]:
+    """Train every algorithm of ``algos`` on KeyDoor for each seed, then write
+    ``figures/headline_keydoor.{png,csv,md}`` and print the results table."""
+    from .plotting import FIGURES_DIR, learning_curves, save, use_style
+
+    figures_dir = figures_dir or FIGURES_DIR
+    configs = [headline_config(a, s, quick) for a in algos for s in seeds]
+    t0 = time.time()
+    results = run_many(configs, workers, desc="headline runs")
+    elapsed = time.time() - t0
+    rows = [dict(algo=c.algo, seed=c.seed, **r) for c, hist in zip(configs, results) for r in hist]
+    os.makedirs(figures_dir, exist_ok=True)
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(os.path.join(figures_dir, "headline_keydoor.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    random_success = random_policy_success(configs[0])
+    curves = {a: [_eval_curve([r for r in rows if r["algo"] == a and r["seed"] == s]) for s in seeds] for a in algos}
+    plt = use_style()
+    fig, ax = plt.subplots()
+    learning_curves(curves, title="KeyDoor: held-out success (greedy) vs environment steps", ax=ax, random_baseline=random_success)
+    path = save(fig, "headline_keydoor", figures_dir)
+    plt.close(fig)
+    table = headline_table(rows, algos, seeds, random_success)
+    with open(os.path.join(figures_dir, "headline_keydoor.md"), "w") as fh:
+        fh.write(table + f"\n\nProduced by `python -m gagpo headline{' --quick' if quick else ''}` in {elapsed / 60:.1f} min "
+                 f"on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n")
+    print(table)
+    print(f"\nfigure: {path}\nwall time: {elapsed / 60:.1f} min")
+    return rows
+
+
+def _eval_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(0.0, np.nan)] + [(r["env_steps"], r["eval_success"]) for r in rows if "eval_success" in r and r["eval_success"] == r["eval_success"]]
+    x = np.array([p[0] for p in pts], dtype=float)
+    y = np.array([p[1] for p in pts], dtype=float)
+    y[0] = y[1] if len(y) > 1 else 0.0  # no evaluation before training: start the curve at the first measurement
+    return x, y
+
+
+def random_policy_success(cfg: TrainConfig, episodes: int | None = None) -> float:
+    """Held-out success of the uniform random policy (sampling among admissible actions)."""
+    import torch
+
+    from .rollout import EnvPool, collect, make_env_fn
+
+    class Uniform(torch.nn.Module):
+        def logits(self, observations, admissible):
+            a_max = max(len(a) for a in admissible)
+            out = torch.full((len(observations), a_max), float("-inf"))
+            for i, a in enumerate(admissible):
+                out[i, : len(a)] = 0.0
+            return out
+
+    pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
+    seeds = list(getattr(pool.get(1)[0].unwrapped, "EVAL_SEEDS"))[: episodes or cfg.eval_episodes]
+    r = collect(pool, Uniform(), seeds, 4, torch.Generator().manual_seed(0))
+    pool.close()
+    return r.success_rate
+
+
+def headline_table(rows: list[dict[str, Any]], algos: Sequence[str], seeds: Sequence[int], random_success: float) -> str:
+    lines = ["| algorithm | final held-out success (median [min, max] over seeds) | env steps to 50% held-out success (median) | env steps per run |",
+             "|---|---|---|---:|"]
+    for a in algos:
+        finals, hit = [], []
+        steps = 0
+        for s in seeds:
+            ev = [r for r in rows if r["algo"] == a and r["seed"] == s and "eval_success" in r and r["eval_success"] == r["eval_success"]]
+            if not ev:
+                continue
+            finals.append(ev[-1]["eval_success"])
+            steps = max(steps, ev[-1]["env_steps"])
+            reached = [r["env_steps"] for r in ev if r["eval_success"] >= 0.5]
+            hit.append(reached[0] if reached else np.inf)
+        med_hit = float(np.median(hit)) if hit else np.inf
+        hit_txt = f"{med_hit:,.0f}" if np.isfinite(med_hit) else "not reached"
+        lines.append(f"| {a} | {np.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}] | {hit_txt} | {steps:,} |")
+    lines.append(f"| random policy | {random_success:.2f} | — | — |")
+    return "\n".join(lines)

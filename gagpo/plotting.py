@@ -1,0 +1,78 @@
+"""Shared figure helpers: one size, one style, figures written to ``figures/``."""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+FIGURES_DIR = os.environ.get("GAGPO_FIGURES_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures"))
+FIGSIZE = (6.4, 4.0)
+ALGO_COLORS = {
+    "reinforce": "#7f7f7f", "grpo": "#1f77b4", "rloo": "#17becf", "ppo": "#9467bd", "gigpo": "#ff7f0e", "gagpo": "#d62728",
+}
+
+
+def use_style():
+    """Apply the book's matplotlib style and return ``pyplot``."""
+    import matplotlib
+
+    if os.environ.get("MPLBACKEND") is None and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({
+        "figure.figsize": FIGSIZE, "figure.dpi": 100, "savefig.dpi": 120, "axes.grid": True, "grid.alpha": 0.3,
+        "axes.spines.top": False, "axes.spines.right": False, "font.size": 10, "legend.frameon": False,
+    })
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None and "IPKernelApp" in get_ipython().config
+    except Exception:
+        return False
+
+
+def save(fig, name: str, directory: str | None = None) -> str:
+    """Save ``fig`` as ``figures/<name>.png`` and return the path."""
+    directory = directory or FIGURES_DIR
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name if name.endswith(".png") else name + ".png")
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def learning_curves(
+    curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+    xlabel: str = "environment steps",
+    ylabel: str = "held-out success",
+    title: str | None = None,
+    ax=None,
+    random_baseline: float | None = None,
+):
+    """Median across seeds with the min–max band, one line per algorithm.
+
+    ``curves[algo]`` is a list of ``(x, y)`` per seed; seeds are interpolated onto a common x grid.
+    """
+    plt = use_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    for algo, runs in curves.items():
+        x_max = min(float(np.max(x)) for x, _ in runs)
+        grid = np.linspace(0, x_max, 100)
+        ys = np.stack([np.interp(grid, x, y) for x, y in runs])
+        color = ALGO_COLORS.get(algo)
+        ax.plot(grid, np.median(ys, axis=0), color=color, label=f"{algo} (median of {len(runs)})")
+        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.15, linewidth=0)
+    if random_baseline is not None:
+        ax.axhline(random_baseline, color="k", linestyle=":", linewidth=1, label="random policy")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax

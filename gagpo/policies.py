@@ -71,6 +71,7 @@ _CACHE_LIMIT = 1 << 20
 """Entries kept per string cache before it is cleared (bounds memory on open-ended text)."""
 
 _TOKEN = re.compile(r"[a-z]+|[0-9]+")
+_SENTENCE = re.compile(r"[.;:\n]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,15 +169,21 @@ class HashedNgramFeaturiser:
     Feature ids are ``stable_hash(f"{n}:{gram}") % n_features``; repeated n-grams repeat their id (the
     bag counts them). ``"go north"`` with ``ngram=2`` has the grams ``go``, ``north``, ``go north``.
     Ids are cached per string, so featurising a string already seen costs one dict lookup.
+
+    ``sentence_pairs=True`` adds every unordered pair of distinct words that occur in the same
+    sentence (sentences end at ``.``, ``;``, ``:`` or a newline). A bag of n-grams cannot tell
+    "The key is 2 steps north. The door is 3 steps west." from the same text with key and door
+    swapped; the pairs (``key``, ``north``) and (``door``, ``west``) can.
     """
 
-    def __init__(self, n_features: int = 2**12, ngram: int = 2):
+    def __init__(self, n_features: int = 2**12, ngram: int = 2, sentence_pairs: bool = False):
         if n_features < 1:
             raise ValueError(f"n_features must be >= 1, got {n_features}")
         if ngram < 1:
             raise ValueError(f"ngram must be >= 1, got {ngram}")
         self.n_features = n_features
         self.ngram = ngram
+        self.sentence_pairs = sentence_pairs
         self._ids: dict[str, array] = {}
 
     def ids(self, text: str) -> array:
@@ -190,6 +197,10 @@ class HashedNgramFeaturiser:
             for n in range(1, self.ngram + 1)
             for i in range(len(tokens) - n + 1)
         ]
+        if self.sentence_pairs:
+            for sentence in _SENTENCE.split(text.lower()):
+                words = sorted(set(tokenize(sentence)))
+                grams += [f"p:{a}|{b}" for i, a in enumerate(words) for b in words[i + 1 :]]
         return array("q", [stable_hash(g) % self.n_features for g in grams])
 
     def bags(self, texts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,9 +373,9 @@ class BagOfNgramsEncoder(nn.Module):
     order 1 rather than saturating the tanh.
     """
 
-    def __init__(self, hidden: int = 64, n_features: int = 2**12, ngram: int = 2):
+    def __init__(self, hidden: int = 64, n_features: int = 2**12, ngram: int = 2, sentence_pairs: bool = True):
         super().__init__()
-        self.featuriser = HashedNgramFeaturiser(n_features, ngram)
+        self.featuriser = HashedNgramFeaturiser(n_features, ngram, sentence_pairs)
         self.bag = nn.EmbeddingBag(n_features, hidden, mode="sum")
         nn.init.normal_(self.bag.weight, std=0.1)
         self.bias = nn.Parameter(torch.zeros(hidden))
@@ -390,7 +401,8 @@ class TextPolicy(nn.Module):
     Args:
         hidden: width of ``h`` and of the command embeddings.
         n_features: number of hashed feature buckets (shared by observations and commands).
-        ngram: largest word n-gram used as a feature (2: words and word pairs).
+        ngram: largest word n-gram used as a feature (2: words and adjacent word pairs).
+        sentence_pairs: also use pairs of words that share a sentence (see HashedNgramFeaturiser).
         seed: seed for the initial parameters; ``None`` uses torch's global RNG.
     """
 
@@ -399,11 +411,12 @@ class TextPolicy(nn.Module):
         hidden: int = 64,
         n_features: int = 2**12,
         ngram: int = 2,
+        sentence_pairs: bool = True,
         seed: int | None = None,
     ):
         super().__init__()
         with _seeded(seed):
-            self.encoder = BagOfNgramsEncoder(hidden, n_features, ngram)
+            self.encoder = BagOfNgramsEncoder(hidden, n_features, ngram, sentence_pairs)
             self.action_embedding = nn.EmbeddingBag(n_features, hidden, mode="sum")
             nn.init.normal_(self.action_embedding.weight, std=0.01)
             self.action_bias = nn.EmbeddingBag(n_features, 1, mode="sum")
@@ -441,6 +454,7 @@ class TextValue(nn.Module):
         hidden: width of the encoder.
         n_features: number of hashed feature buckets.
         ngram: largest word n-gram used as a feature.
+        sentence_pairs: also use pairs of words that share a sentence (see HashedNgramFeaturiser).
         seed: seed for the initial parameters; ``None`` uses torch's global RNG.
     """
 
@@ -449,11 +463,12 @@ class TextValue(nn.Module):
         hidden: int = 64,
         n_features: int = 2**12,
         ngram: int = 2,
+        sentence_pairs: bool = True,
         seed: int | None = None,
     ):
         super().__init__()
         with _seeded(seed):
-            self.encoder = BagOfNgramsEncoder(hidden, n_features, ngram)
+            self.encoder = BagOfNgramsEncoder(hidden, n_features, ngram, sentence_pairs)
             self.head = nn.Linear(hidden, 1)
 
     def values(self, observations: Sequence[str]) -> torch.Tensor:

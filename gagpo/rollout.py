@@ -1,0 +1,164 @@
+"""Group rollouts: G trajectories per task, all from the same task seed, stepped in lockstep.
+
+``collect(envs, policy, task_seeds, group_size, generator)`` runs ``len(task_seeds) × group_size``
+episodes at once — one policy forward pass per time step for every episode still running — and
+returns a :class:`Rollout`: the :class:`~gagpo.batch.StepBatch` (one row per decision) plus what the
+update needs per row (observation, admissible actions, chosen action, its log-probability) and
+per-trajectory summaries (return, length, success).
+
+Environments follow the ``toy_envs`` protocol (gymnasium API, text observations, ``info`` with
+``admissible_actions`` and ``won``; ``step`` accepts an index into the admissible list). The
+observation text is the anchor key: identical situations give identical text.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from .batch import StepBatch
+from .policies import action_log_probs, greedy_actions, sample_actions
+
+
+@dataclass
+class Rollout:
+    """The rows of one collection, aligned with ``batch`` (shape (N,)), and per-trajectory summaries."""
+
+    batch: StepBatch
+    observations: list[str]
+    next_observations: list[str]
+    admissible: list[list[str]]
+    actions: np.ndarray          # (N,) index into admissible[i]
+    logp: np.ndarray             # (N,) log π_old(a|s) at collection time
+    invalid: np.ndarray          # (N,) bool: the environment rejected the command (a no-op)
+    traj_return: np.ndarray      # (n_traj,) undiscounted return
+    traj_length: np.ndarray      # (n_traj,) number of decisions
+    traj_won: np.ndarray         # (n_traj,) bool
+    traj_task: np.ndarray        # (n_traj,) task seed
+
+    @property
+    def n_steps(self) -> int:
+        """Environment steps taken (= rows)."""
+        return len(self.batch)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.traj_won.mean()) if len(self.traj_won) else 0.0
+
+
+class EnvPool:
+    """A reusable list of environment instances (creating gymnasium envs is slower than resetting them)."""
+
+    def __init__(self, make_env: Callable[[], gym.Env]):
+        self.make_env = make_env
+        self.envs: list[gym.Env] = []
+
+    def get(self, n: int) -> list[gym.Env]:
+        while len(self.envs) < n:
+            self.envs.append(self.make_env())
+        return self.envs[:n]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs.clear()
+
+
+def make_env_fn(env_id: str, max_steps: int = 0, **kwargs) -> Callable[[], gym.Env]:
+    """A factory for ``gym.make(env_id, ...)``; ``max_steps > 0`` overrides the registered step limit.
+
+    For an id ``"namespace/Name-v0"`` whose namespace is not registered yet, the module ``namespace``
+    is imported first (``toy_envs`` registers its environments on import).
+    """
+    namespace = env_id.split("/")[0] if "/" in env_id else None
+    if namespace and env_id not in gym.registry:
+        try:
+            importlib.import_module(namespace)
+        except ImportError as exc:
+            raise ValueError(f"unknown environment {env_id!r}: could not import the package {namespace!r} that should register it ({exc})") from exc
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown environment {env_id!r}; registered ids with this prefix: "
+                         f"{sorted(k for k in gym.registry if namespace and k.startswith(namespace))}")
+
+    def make() -> gym.Env:
+        extra = dict(kwargs)
+        if max_steps:
+            extra["max_episode_steps"] = max_steps
+        return gym.make(env_id, disable_env_checker=True, **extra)
+    return make
+
+
+@torch.no_grad()
+def collect(
+    pool: EnvPool,
+    policy: torch.nn.Module,
+    task_seeds: Sequence[int],
+    group_size: int,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> Rollout:
+    """Run ``group_size`` episodes from each task seed; rollout group k holds the episodes of
+    ``task_seeds[k]``. Episodes end when the environment terminates or truncates them.
+    ``greedy=True`` takes the arg-max action (evaluation); otherwise actions are sampled with
+    ``generator`` (deterministic for a seeded generator)."""
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1; got {group_size}")
+    n = len(task_seeds) * group_size
+    envs = pool.get(n)
+    group_of = np.repeat(np.arange(len(task_seeds)), group_size)
+    task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
+    obs: list[str] = [""] * n
+    adm: list[list[str]] = [[] for _ in range(n)]
+    for i, env in enumerate(envs):
+        obs[i], info = env.reset(seed=int(task_of[i]))
+        adm[i] = list(info["admissible_actions"])
+    active = list(range(n))
+    step_count = np.zeros(n, dtype=np.int64)
+    rows: dict[str, list] = {k: [] for k in (
+        "traj", "step", "obs", "next_obs", "adm", "action", "logp", "reward", "terminated", "truncated", "invalid")}
+    won = np.zeros(n, dtype=bool)
+    ret = np.zeros(n)
+    while active:
+        logits = policy.logits([obs[i] for i in active], [adm[i] for i in active])
+        acts = greedy_actions(logits) if greedy else sample_actions(logits, generator)
+        logps = action_log_probs(logits, acts).double().numpy()
+        acts = acts.numpy()
+        still = []
+        for j, i in enumerate(active):
+            a = int(acts[j])
+            next_obs, reward, terminated, truncated, info = envs[i].step(a)
+            rows["traj"].append(i)
+            rows["step"].append(step_count[i])
+            rows["obs"].append(obs[i])
+            rows["next_obs"].append(next_obs)
+            rows["adm"].append(adm[i])
+            rows["action"].append(a)
+            rows["logp"].append(logps[j])
+            rows["reward"].append(float(reward))
+            rows["terminated"].append(bool(terminated))
+            rows["truncated"].append(bool(truncated) and not terminated)
+            rows["invalid"].append(bool(info.get("invalid_action", False)))
+            step_count[i] += 1
+            ret[i] += reward
+            if terminated or truncated:
+                won[i] = bool(info.get("won", False))
+            else:
+                obs[i], adm[i] = next_obs, list(info["admissible_actions"])
+                still.append(i)
+        active = still
+    traj = np.asarray(rows["traj"], dtype=np.int64)
+    batch = StepBatch(
+        group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
+        obs_key=rows["obs"], next_obs_key=rows["next_obs"], reward=rows["reward"],
+        terminated=rows["terminated"], truncated=rows["truncated"],
+    )
+    return Rollout(
+        batch=batch, observations=rows["obs"], next_observations=rows["next_obs"], admissible=rows["adm"],
+        actions=np.asarray(rows["action"], dtype=np.int64), logp=np.asarray(rows["logp"]),
+        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=ret, traj_length=step_count,
+        traj_won=won, traj_task=task_of,
+    )

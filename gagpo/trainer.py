@@ -1,0 +1,264 @@
+"""One training loop for every estimator: rollout → advantages → PPO-clip update.
+
+The algorithms differ only in :func:`compute_advantages`; the rollout, the clipped surrogate
+(:func:`gagpo.losses.ppo_clip_loss`), evaluation, logging and checkpoints are shared. With one
+update epoch and one minibatch the clipped surrogate's gradient equals the plain policy gradient
+(the ratio is 1 at the first step), so ``reinforce`` is REINFORCE proper under those settings.
+
+Determinism and exact resumption: the task seeds of iteration k and the action-sampling generator
+of iteration k are derived from ``(seed, k)`` alone, so a run resumed from the checkpoint of
+iteration k replays iterations k+1… exactly as an uninterrupted run would (on CPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import advantages as adv_lib
+from .config import TrainConfig
+from .losses import ppo_clip_loss, value_loss
+from .policies import action_log_probs, entropy, make_policy, make_value
+from .rollout import EnvPool, Rollout, collect, make_env_fn
+
+TRAIN_SEED_RANGE = 10_000  # training task seeds are drawn below this; held-out seeds lie above
+ANCHOR_BINS = (1, 2, 4, 8)  # anchor-group size histogram: 1, 2, 3–4, 5–8, > 8
+
+
+def compute_advantages(cfg: TrainConfig, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
+    """Per-row advantages of ``cfg.algo`` for one rollout; PPO also returns critic targets.
+
+    Returns a dict with ``advantages`` (N,) and, for ``ppo``, ``values`` and ``returns`` (targets).
+    """
+    b = rollout.batch
+    if cfg.algo == "reinforce":
+        baseline = None if cfg.reinforce_baseline == "none" else cfg.reinforce_baseline
+        return {"advantages": adv_lib.reinforce_advantages(b, cfg.gamma, baseline)}
+    if cfg.algo == "grpo":
+        return {"advantages": adv_lib.grpo_advantages(b, cfg.norm, cfg.adv_eps)}
+    if cfg.algo == "rloo":
+        return {"advantages": adv_lib.rloo_advantages(b)}
+    if cfg.algo == "gigpo":
+        norm = "mean" if cfg.norm == "none" else cfg.norm
+        return {"advantages": adv_lib.gigpo_advantages(b, cfg.gamma, cfg.step_weight, norm, cfg.adv_eps)}
+    if cfg.algo == "gagpo":
+        return {"advantages": adv_lib.gagpo_advantages(b, cfg.gamma, cfg.lam, cfg.norm, cfg.adv_eps)}
+    if cfg.algo == "ppo":
+        if value_net is None:
+            raise ValueError("algo 'ppo' needs a value network")
+        with torch.no_grad():
+            values = value_net.values(rollout.observations).double().numpy()
+            next_values = value_net.values(rollout.next_observations).double().numpy()
+        raw = adv_lib.gae_advantages(b, values, next_values, cfg.gamma, cfg.lam)
+        # classic PPO normalises advantages over the whole batch, not per rollout group
+        adv = adv_lib.normalize_by_segment(raw, np.zeros(len(b), dtype=np.int64), 1, cfg.norm, cfg.adv_eps)
+        return {"advantages": adv, "values": values, "returns": raw + values}
+    raise ValueError(f"unknown algo {cfg.algo!r}")
+
+
+def anchor_histogram(rollout: Rollout) -> dict[str, float]:
+    """Fraction of rows whose anchor group has size 1, 2, 3–4, 5–8, > 8."""
+    sizes = rollout.batch.anchor_size
+    edges = (0,) + ANCHOR_BINS + (np.inf,)
+    labels = ["1", "2", "3-4", "5-8", ">8"]
+    n = max(len(sizes), 1)
+    return {f"anchor_frac_{lab}": float(((sizes > lo) & (sizes <= hi)).sum() / n) for lab, lo, hi in zip(labels, edges[:-1], edges[1:])}
+
+
+class Trainer:
+    """Holds the policy, optimiser(s), environments and logs of one run."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        self.run_dir = cfg.run_dir()
+        self.pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
+        self.eval_pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
+        probe = self.pool.get(1)[0].unwrapped
+        self.eval_seeds = [int(s) for s in list(getattr(probe, "EVAL_SEEDS", range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + 1000)))[: cfg.eval_episodes]]
+        kwargs = {"hidden": cfg.hidden} if cfg.policy == "text" else {}
+        self.policy = make_policy(cfg.policy, seed=cfg.seed, **kwargs)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.value_net = self.value_optimizer = None
+        if cfg.algo == "ppo":
+            self.value_net = make_value(cfg.policy, seed=cfg.seed + 1, **kwargs)
+            self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.value_lr)
+        self.iteration = 0
+        self.env_steps = 0
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ seeds
+    def task_seeds(self, iteration: int) -> list[int]:
+        rng = np.random.default_rng([self.cfg.seed, iteration, 1])
+        high = self.cfg.n_train_tasks or TRAIN_SEED_RANGE
+        return rng.choice(high, size=self.cfg.tasks_per_iter, replace=self.cfg.tasks_per_iter > high).tolist()
+
+    def action_generator(self, iteration: int) -> torch.Generator:
+        return torch.Generator().manual_seed(int(np.random.default_rng([self.cfg.seed, iteration, 2]).integers(2**62)))
+
+    # ------------------------------------------------------------------ update
+    def update(self, rollout: Rollout, advantages: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, float]:
+        cfg = self.cfg
+        n = len(rollout.batch)
+        acts = torch.as_tensor(rollout.actions)
+        logp_old = torch.as_tensor(rollout.logp, dtype=torch.float32)
+        adv = torch.as_tensor(advantages, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, self.iteration, 3]).integers(2**62)))
+        diags: list[dict[str, float]] = []
+        for _ in range(cfg.update_epochs):
+            perm = torch.randperm(n, generator=gen)
+            for idx in torch.tensor_split(perm, min(cfg.minibatches, n)):
+                if len(idx) == 0:
+                    continue
+                ii = idx.tolist()
+                logits = self.policy.logits([rollout.observations[i] for i in ii], [rollout.admissible[i] for i in ii])
+                logp_new = action_log_probs(logits, acts[idx])
+                loss, diag = ppo_clip_loss(
+                    logp_new, logp_old[idx], adv[idx], torch.arange(len(ii)), ratio_level=cfg.ratio_level,
+                    clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef,
+                )
+                self.optimizer.zero_grad()
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    diag["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+                self.optimizer.step()
+                diags.append(diag)
+        out = {k: float(np.mean([d[k] for d in diags])) for k in ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")}
+        if self.value_net is not None:
+            returns = torch.as_tensor(targets["returns"], dtype=torch.float32)
+            losses = []
+            for _ in range(cfg.value_epochs):
+                v = self.value_net.values(rollout.observations)
+                vl = value_loss(v, returns)
+                self.value_optimizer.zero_grad()
+                vl.backward()
+                self.value_optimizer.step()
+                losses.append(float(vl))
+            out["value_loss"] = losses[-1]
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_seeds:
+            return {}
+        gen = torch.Generator().manual_seed(self.cfg.seed + 12345)
+        r = collect(self.eval_pool, self.policy, self.eval_seeds, 1, gen, greedy=self.cfg.eval_greedy)
+        return {"eval_success": r.success_rate, "eval_return": float(r.traj_return.mean()), "eval_length": float(r.traj_length.mean())}
+
+    # ------------------------------------------------------------------ one iteration
+    def step(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.iteration += 1
+        t0 = time.perf_counter()
+        rollout = collect(self.pool, self.policy, self.task_seeds(self.iteration), cfg.group_size, self.action_generator(self.iteration))
+        t1 = time.perf_counter()
+        targets = compute_advantages(cfg, rollout, self.value_net)
+        t2 = time.perf_counter()
+        upd = self.update(rollout, targets["advantages"], targets)
+        t3 = time.perf_counter()
+        self.env_steps += rollout.n_steps
+        a = targets["advantages"]
+        row: dict[str, Any] = {
+            "iteration": self.iteration, "env_steps": self.env_steps, "success": rollout.success_rate,
+            "return": float(rollout.traj_return.mean()), "episode_length": float(rollout.traj_length.mean()),
+            "invalid_rate": float(rollout.invalid.mean()) if len(rollout.invalid) else 0.0,
+            "adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_zero_frac": float(np.mean(np.abs(a) < 1e-8)),
+            **upd, **anchor_histogram(rollout),
+            "time_rollout": t1 - t0, "time_advantage": t2 - t1, "time_update": t3 - t2,
+        }
+        if cfg.eval_every and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
+            row.update(self.evaluate())
+        self.history.append(row)
+        return row
+
+    # ------------------------------------------------------------------ persistence
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, "checkpoint.pt")
+
+    def save_checkpoint(self) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        state = {
+            "config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
+            "history": self.history, "policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+        }
+        if self.value_net is not None:
+            state["value_net"] = self.value_net.state_dict()
+            state["value_optimizer"] = self.value_optimizer.state_dict()
+        tmp = self.checkpoint_path() + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path())
+
+    def load_checkpoint(self) -> bool:
+        path = self.checkpoint_path()
+        if not os.path.exists(path):
+            return False
+        state = torch.load(path, weights_only=False)
+        saved = {k: v for k, v in state["config"].items() if k not in ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")}
+        current = {k: v for k, v in self.cfg.to_dict().items() if k in saved}
+        if saved != current:
+            diff = {k: (saved[k], current[k]) for k in saved if saved[k] != current[k]}
+            raise ValueError(f"checkpoint {path} was written with a different configuration: {diff} (saved, now)")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.value_net is not None:
+            self.value_net.load_state_dict(state["value_net"])
+            self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
+        return True
+
+    def write_metrics(self) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(os.path.join(self.run_dir, "config.json"), "w") as fh:
+            json.dump(self.cfg.to_dict(), fh, indent=2)
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
+            for row in self.history:
+                fh.write(json.dumps(row) + "\n")
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        with open(os.path.join(self.run_dir, "metrics.csv"), "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        if cfg.resume and self.load_checkpoint():
+            pass
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.algo} seed {cfg.seed}", dynamic_ncols=True)
+        try:
+            while self.iteration < cfg.iterations:
+                row = self.step()
+                if bar is not None:
+                    post = {"succ": f"{row['success']:.2f}", "steps": row["env_steps"]}
+                    if "eval_success" in row:
+                        post["eval"] = f"{row['eval_success']:.2f}"
+                    bar.set_postfix(post)
+                    bar.update(1)
+                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.iteration == cfg.iterations:
+                    self.save_checkpoint()
+                    self.write_metrics()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.pool.close()
+            self.eval_pool.close()
+        self.write_metrics()
+        return self.history
+
+
+def train(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Train one run and return its per-iteration metrics (also written to ``cfg.run_dir()``)."""
+    return Trainer(cfg).train()
+
+
+__all__ = ["Trainer", "train", "compute_advantages", "anchor_histogram", "TRAIN_SEED_RANGE"]

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train GRPO, GiGPO and GAGPO on KeyDoor with the same budget for several seeds (2 processes); "
                                         "writes figures/headline_keydoor.{png,csv,md} and prints the table.")
     p_head.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: %(default)s)")
-    p_head.add_argument("--quick", action="store_true", help="20 instead of 50 iterations per run (a smoke run)")
+    p_head.add_argument("--quick", action="store_true", help="60 instead of 300 iterations per run (a smoke run)")
     p_head.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
     p_head.add_argument("--figures-dir", default=None, help="where to write the figure and tables (default: figures/)")
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Time the estimators on synthetic batches (groups × 8 trajectories × 50 steps, ~60 distinct observations per group).")
     p_tp.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="numbers of rollout groups (default: %(default)s)")
     p_tp.add_argument("--repeats", type=int, default=5, help="timing repeats; the best is reported (default: %(default)s)")
+    p_tp.add_argument("--out", default="figures/throughput.md", help="also write the table here; '' to skip (default: %(default)s)")
     return parser
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "throughput":
         from .bench import throughput
 
-        throughput(args.sizes, args.repeats)
+        throughput(args.sizes, args.repeats, args.out or None)
         return 0
     return 2
 

@@ -40,7 +40,7 @@ class TrainConfig:
     seed: int = _f(0, "seed of the run: initial weights, task sampling and action sampling")
 
     # --- rollouts
-    iterations: int = _f(60, "number of training iterations (rollout -> advantages -> update)")
+    iterations: int = _f(300, "number of training iterations (rollout -> advantages -> update)")
     tasks_per_iter: int = _f(8, "rollout groups per iteration (distinct task seeds)")
     group_size: int = _f(8, "trajectories per group, all started from the same task seed (G)")
     n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration")
@@ -56,8 +56,8 @@ class TrainConfig:
     # --- policy and update
     policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
     hidden: int = _f(64, "hidden width of the text policy and critic")
-    lr: float = _f(3e-3, "Adam learning rate of the policy")
-    update_epochs: int = _f(2, "passes over each iteration's rollouts (PPO epochs)")
+    lr: float = _f(1e-3, "Adam learning rate of the policy")
+    update_epochs: int = _f(4, "passes over each iteration's rollouts (PPO epochs)")
     minibatches: int = _f(2, "minibatches per epoch")
     clip_eps: float = _f(0.2, "PPO clip range ε")
     entropy_coef: float = _f(0.01, "entropy bonus coefficient")
@@ -67,7 +67,7 @@ class TrainConfig:
     value_epochs: int = _f(4, "PPO: critic regression passes per iteration")
 
     # --- evaluation, logging, checkpoints
-    eval_every: int = _f(5, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables")
+    eval_every: int = _f(20, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables")
     eval_episodes: int = _f(50, "number of held-out task seeds per evaluation (the environment's EVAL_SEEDS)")
     eval_greedy: bool = _f(True, "evaluate the greedy (arg-max) policy instead of sampling")
     out_dir: str = _f("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<algo>-seed<seed>")

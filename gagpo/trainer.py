@@ -138,7 +138,7 @@ class Trainer:
                 self.value_optimizer.zero_grad()
                 vl.backward()
                 self.value_optimizer.step()
-                losses.append(float(vl))
+                losses.append(vl.item())
             out["value_loss"] = losses[-1]
         return out
 

@@ -41,6 +41,7 @@ class TrainConfig:
 
     # --- rollouts
     iterations: int = _f(300, "number of training iterations (rollout -> advantages -> update)")
+    env_step_budget: int = _f(0, "stop once this many environment steps have been taken (checked after each iteration); 0 = no limit")
     tasks_per_iter: int = _f(8, "rollout groups per iteration (distinct task seeds)")
     group_size: int = _f(8, "trajectories per group, all started from the same task seed (G)")
     n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration")
@@ -88,8 +89,8 @@ class TrainConfig:
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}")
-        if self.max_steps < 0 or self.n_train_tasks < 0 or self.eval_every < 0 or self.eval_episodes < 0:
-            raise ValueError("max_steps, n_train_tasks, eval_every and eval_episodes must be >= 0")
+        if self.max_steps < 0 or self.n_train_tasks < 0 or self.env_step_budget < 0 or self.eval_every < 0 or self.eval_episodes < 0:
+            raise ValueError("max_steps, n_train_tasks, env_step_budget, eval_every and eval_episodes must be >= 0")
         if isinstance(self.env_kwargs, str):
             self.env_kwargs = json.loads(self.env_kwargs) if self.env_kwargs else {}
         if not isinstance(self.env_kwargs, dict):

@@ -171,10 +171,15 @@ class Trainer:
             **upd, **anchor_histogram(rollout),
             "time_rollout": t1 - t0, "time_advantage": t2 - t1, "time_update": t3 - t2,
         }
-        if cfg.eval_every and (self.iteration % cfg.eval_every == 0 or self.iteration == cfg.iterations):
+        if cfg.eval_every and (self.iteration % cfg.eval_every == 0 or self.done()):
             row.update(self.evaluate())
         self.history.append(row)
         return row
+
+    def done(self) -> bool:
+        """The run is over: all iterations done, or the environment-step budget spent."""
+        budget = self.cfg.env_step_budget
+        return self.iteration >= self.cfg.iterations or (budget > 0 and self.env_steps >= budget)
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_path(self) -> str:
@@ -198,7 +203,8 @@ class Trainer:
         if not os.path.exists(path):
             return False
         state = torch.load(path, weights_only=False)
-        saved = {k: v for k, v in state["config"].items() if k not in ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")}
+        saved = {k: v for k, v in state["config"].items()
+                 if k not in ("iterations", "env_step_budget", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")}
         current = {k: v for k, v in self.cfg.to_dict().items() if k in saved}
         if saved != current:
             diff = {k: (saved[k], current[k]) for k in saved if saved[k] != current[k]}
@@ -236,7 +242,7 @@ class Trainer:
             from tqdm.auto import tqdm
             bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.algo} seed {cfg.seed}", dynamic_ncols=True)
         try:
-            while self.iteration < cfg.iterations:
+            while not self.done():
                 row = self.step()
                 if bar is not None:
                     post = {"succ": f"{row['success']:.2f}", "steps": row["env_steps"]}
@@ -244,7 +250,7 @@ class Trainer:
                         post["eval"] = f"{row['eval_success']:.2f}"
                     bar.set_postfix(post)
                     bar.update(1)
-                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.iteration == cfg.iterations:
+                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
                     self.save_checkpoint()
                     self.write_metrics()
         finally:

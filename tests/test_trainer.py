@@ -101,3 +101,10 @@ def test_cli_train_smoke(tmp_path, capsys):
 def test_cli_reports_bad_values(capsys):
     assert main(["train", "--gamma", "2", "--no-progress"]) == 2
     assert "gamma must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_env_step_budget_stops_the_run(tmp_path):
+    history = train(tiny(tmp_path, algo="grpo", iterations=50, env_step_budget=200))
+    assert 2 <= len(history) < 50
+    assert history[-1]["env_steps"] >= 200 > history[-2]["env_steps"]
+    assert "eval_success" in history[-1]  # the last iteration is evaluated

@@ -51,7 +51,12 @@ class Rollout:
 
 
 class EnvPool:
-    """A reusable list of environment instances (creating gymnasium envs is slower than resetting them)."""
+    """A reusable list of environment instances (creating gymnasium envs is slower than resetting them).
+
+    :func:`collect` talks to environments only through :meth:`reset_many` and :meth:`step_many`, so a
+    pool that runs its environments in worker processes (e.g. for ALFWorld) can replace this
+    in-process one by providing the same two methods.
+    """
 
     def __init__(self, make_env: Callable[[], gym.Env]):
         self.make_env = make_env
@@ -61,6 +66,15 @@ class EnvPool:
         while len(self.envs) < n:
             self.envs.append(self.make_env())
         return self.envs[:n]
+
+    def reset_many(self, seeds: Sequence[int]) -> list[tuple[str, dict]]:
+        """Reset environment i with ``seeds[i]``; returns ``(observation, info)`` per environment."""
+        envs = self.get(len(seeds))
+        return [env.reset(seed=int(seed)) for env, seed in zip(envs, seeds)]
+
+    def step_many(self, indices: Sequence[int], actions: Sequence[int | str]) -> list[tuple]:
+        """Step environment ``indices[j]`` with ``actions[j]``; returns gymnasium's 5-tuples."""
+        return [self.envs[i].step(a) for i, a in zip(indices, actions)]
 
     def close(self) -> None:
         for env in self.envs:
@@ -108,14 +122,12 @@ def collect(
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1; got {group_size}")
     n = len(task_seeds) * group_size
-    envs = pool.get(n)
     group_of = np.repeat(np.arange(len(task_seeds)), group_size)
     task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
     obs: list[str] = [""] * n
     adm: list[list[str]] = [[] for _ in range(n)]
-    for i, env in enumerate(envs):
-        obs[i], info = env.reset(seed=int(task_of[i]))
-        adm[i] = list(info["admissible_actions"])
+    for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
+        obs[i], adm[i] = o, list(info["admissible_actions"])
     active = list(range(n))
     step_count = np.zeros(n, dtype=np.int64)
     rows: dict[str, list] = {k: [] for k in (
@@ -128,9 +140,10 @@ def collect(
         logps = action_log_probs(logits, acts).double().numpy()
         acts = acts.numpy()
         still = []
+        results = pool.step_many(active, [int(a) for a in acts])
         for j, i in enumerate(active):
             a = int(acts[j])
-            next_obs, reward, terminated, truncated, info = envs[i].step(a)
+            next_obs, reward, terminated, truncated, info = results[j]
             rows["traj"].append(i)
             rows["step"].append(step_count[i])
             rows["obs"].append(obs[i])

@@ -7,7 +7,6 @@ Speed and sample-efficiency are measured here, never in timed tests.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import time
@@ -139,14 +138,9 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
     results = run_many(configs, workers, desc="headline runs")
     elapsed = time.time() - t0
     rows = [dict(algo=c.algo, seed=c.seed, **r) for c, hist in zip(configs, results) for r in hist]
-    os.makedirs(figures_dir, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(os.path.join(figures_dir, "headline_keydoor.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    from .trainer import write_csv
+
+    write_csv(rows, os.path.join(figures_dir, "headline_keydoor.csv"))
     random_success = random_policy_success(configs[0])
     curves = {a: [_eval_curve([r for r in rows if r["algo"] == a and r["seed"] == s]) for s in seeds] for a in algos}
     plt = use_style()

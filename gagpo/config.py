@@ -17,6 +17,7 @@ from typing import Any
 ALGOS = ("reinforce", "grpo", "rloo", "ppo", "gigpo", "gagpo")
 POLICIES = ("text", "tabular")
 NORMS = ("mean_std", "mean", "none")
+ANCHOR_MATCHES = ("exact", "near")
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:  # noqa: A002 - argparse's name
@@ -53,6 +54,8 @@ class TrainConfig:
     step_weight: float = _f(1.0, "GiGPO: weight ω of the step-level (anchor-state) term")
     reinforce_baseline: str = _f("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
     adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations")
+    anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
+    anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this")
 
     # --- policy and update
     policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
@@ -86,7 +89,7 @@ class TrainConfig:
         for name in ("iterations", "tasks_per_iter", "group_size", "update_epochs", "minibatches", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("gamma", "lam"):
+        for name in ("gamma", "lam", "anchor_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}")
         if self.max_steps < 0 or self.n_train_tasks < 0 or self.env_step_budget < 0 or self.eval_every < 0 or self.eval_episodes < 0:

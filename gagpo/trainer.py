@@ -30,12 +30,30 @@ TRAIN_SEED_RANGE = 10_000  # training task seeds are drawn below this; held-out 
 ANCHOR_BINS = (1, 2, 4, 8)  # anchor-group size histogram: 1, 2, 3–4, 5–8, > 8
 
 
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """Write dict rows as CSV; the columns are the union of the rows' keys in first-seen order."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
 def compute_advantages(cfg: TrainConfig, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Per-row advantages of ``cfg.algo`` for one rollout; PPO also returns critic targets.
 
     Returns a dict with ``advantages`` (N,) and, for ``ppo``, ``values`` and ``returns`` (targets).
+    With ``cfg.anchor_match == "near"``, GiGPO and GAGPO see the batch with near-duplicate
+    observations merged (:func:`gagpo.anchors.near_duplicate_batch`).
     """
     b = rollout.batch
+    if cfg.anchor_match == "near" and cfg.algo in ("gigpo", "gagpo"):  # merge near-duplicate observations
+        from .anchors import near_duplicate_batch
+
+        b = near_duplicate_batch(b, cfg.anchor_threshold)
     if cfg.algo == "reinforce":
         baseline = None if cfg.reinforce_baseline == "none" else cfg.reinforce_baseline
         return {"advantages": adv_lib.reinforce_advantages(b, cfg.gamma, baseline)}
@@ -224,13 +242,7 @@ class Trainer:
         with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
             for row in self.history:
                 fh.write(json.dumps(row) + "\n")
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        with open(os.path.join(self.run_dir, "metrics.csv"), "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.history)
+        write_csv(self.history, os.path.join(self.run_dir, "metrics.csv"))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> list[dict[str, Any]]:
@@ -267,4 +279,4 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     return Trainer(cfg).train()
 
 
-__all__ = ["Trainer", "train", "compute_advantages", "anchor_histogram", "TRAIN_SEED_RANGE"]
+__all__ = ["Trainer", "train", "compute_advantages", "write_csv", "anchor_histogram", "TRAIN_SEED_RANGE"]

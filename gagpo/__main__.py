@@ -8,6 +8,12 @@ import sys
 from .config import TrainConfig, add_dataclass_arguments, dataclass_from_args
 
 
+def _common_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=2, help="parallel training processes (default: %(default)s)")
+    p.add_argument("--root", default="runs/credit", help="where the runs live; reruns skip finished runs (default: %(default)s)")
+    p.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gagpo",
@@ -24,17 +30,46 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Train GRPO, GiGPO and GAGPO on KeyDoor with the same budget for several seeds (2 processes); "
                                         "writes figures/headline_keydoor.{png,csv,md} and prints the table.")
     p_head.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: %(default)s)")
-    p_head.add_argument("--quick", action="store_true", help="60 instead of 300 iterations per run (a smoke run)")
+    p_head.add_argument("--quick", action="store_true", help="a budget of 80,000 instead of 400,000 environment steps per run (a smoke run)")
     p_head.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
     p_head.add_argument("--figures-dir", default=None, help="where to write the figure and tables (default: figures/)")
 
     p_bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print tables.")
-    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput}")
+    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration}")
     p_tp = bsub.add_parser("throughput", help="rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes",
                            description="Time the estimators on synthetic batches (groups × 8 trajectories × 50 steps, ~60 distinct observations per group).")
     p_tp.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="numbers of rollout groups (default: %(default)s)")
     p_tp.add_argument("--repeats", type=int, default=5, help="timing repeats; the best is reported (default: %(default)s)")
     p_tp.add_argument("--out", default="figures/throughput.md", help="also write the table here; '' to skip (default: %(default)s)")
+
+    # chapter 7: the credit-assignment benchmark (gagpo.credit, gagpo.proxy_study)
+    p_cr = bsub.add_parser("credit", help="head-to-head: REINFORCE, GRPO, RLOO, PPO, GiGPO, GAGPO with the same env-step budget",
+                           description="Train every algorithm of a profile for every seed (resumable: finished runs under "
+                                       "<root>/<profile>/ are skipped, interrupted ones resume from their checkpoint); writes "
+                                       "figures/credit_<env>[_quick].{csv,md} and the curves, steps-to-80% and smoothness figures.")
+    p_cr.add_argument("--env", choices=["keydoor", "household", "all"], default="keydoor", help="environment (default: %(default)s)")
+    p_cr.add_argument("--quick", action="store_true", help="the quick profile (smaller task and budget, fewer seeds; a few minutes)")
+    p_cr.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
+    p_cr.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
+    _common_bench_args(p_cr)
+    p_ab = bsub.add_parser("ablations", help="GAGPO ablations: lambda, gamma, group size, normalisation, anchor matching",
+                           description="GAGPO on the KeyDoor profile with one setting changed at a time (5 seeds; --quick: 2 seeds, "
+                                       "small KeyDoor); writes figures/ablation_<name>[_quick].png and ablation_keydoor[_quick].{csv,md}.")
+    p_ab.add_argument("--quick", action="store_true", help="the quick profile")
+    p_ab.add_argument("--only", nargs="+", default=None, help="run only these ablations (lam gamma group_size norm anchors)")
+    p_ab.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
+    _common_bench_args(p_ab)
+    p_px = bsub.add_parser("proxy", help="the grouped value proxy against exact dynamic programming",
+                           description="Train GAGPO on a small KeyDoor, then compare the grouped value proxy and the GRPO/GiGPO/GAGPO "
+                                       "advantages with the exact values of the current policy at several points of training; writes "
+                                       "figures/proxy_*.{png,csv,md}.")
+    p_px.add_argument("--quick", action="store_true", help="fewer snapshots, tasks and repeats")
+    p_px.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
+    p_it = bsub.add_parser("iteration", help="wall time of one training iteration: rollout vs advantage vs update, per algorithm",
+                           description="Train each algorithm a few iterations on KeyDoor and report the median time of each phase; "
+                                       "writes figures/iteration_time.{png,md,csv}.")
+    p_it.add_argument("--iterations", type=int, default=30, help="iterations per algorithm (default: %(default)s)")
+    p_it.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
     return parser
 
 
@@ -62,6 +97,29 @@ def main(argv: list[str] | None = None) -> int:
         from .bench import throughput
 
         throughput(args.sizes, args.repeats, args.out or None)
+        return 0
+    if args.command == "bench" and args.bench == "credit":
+        from .credit import ENVS, credit
+
+        for env in (ENVS if args.env == "all" else (args.env,)):
+            credit(env, quick=args.quick, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
+                   figures_dir=args.figures_dir, command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
+        return 0
+    if args.command == "bench" and args.bench == "ablations":
+        from .credit import ablations
+
+        ablations(quick=args.quick, workers=args.workers, names=args.only, seeds=args.seeds, root=args.root,
+                  figures_dir=args.figures_dir, command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
+        return 0
+    if args.command == "bench" and args.bench == "proxy":
+        from .proxy_study import proxy_study
+
+        proxy_study(quick=args.quick, figures_dir=args.figures_dir)
+        return 0
+    if args.command == "bench" and args.bench == "iteration":
+        from .credit import iteration_time
+
+        iteration_time(args.iterations, figures_dir=args.figures_dir)
         return 0
     return 2
 

@@ -445,6 +445,7 @@ def plot_steps_to(ax, summary: Mapping[str, Mapping[str, Any]], key: str = "step
             ax.bar(i, est, color=color, alpha=0.85)
         else:
             ax.bar(i, budget, color="none", edgecolor=color, hatch="//", linewidth=1.2)
+            ax.text(i, budget / 2, "median:\nnot reached", ha="center", va="center", fontsize=7, backgroundcolor="white")
         if np.isfinite(lo):
             top = hi if np.isfinite(hi) else budget
             ax.plot([i, i], [lo, top], color="k", linewidth=1.2)
@@ -535,14 +536,19 @@ def _wall(seconds: float) -> str:
 
 def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: Sequence[int] | None = None,
            algos: Sequence[str] | None = None, root: str = "runs/credit", figures_dir: str | None = None,
-           progress: bool = True, command: str | None = None) -> dict[str, Any]:
+           progress: bool = True, command: str | None = None, profile: Profile | None = None) -> dict[str, Any]:
     """The head-to-head benchmark on one environment: train (or load) every run of the profile,
     write ``figures/credit_<env>[_quick].{csv,md}`` and the figures ``credit_<env>[_quick]_curves``,
-    ``_steps_to_80`` and ``_smoothness``, print the table and return the summary."""
+    ``_steps_to_80`` and ``_smoothness``, print the table and return the summary.
+
+    ``profile`` replaces the registered profile of ``(env, quick)`` (tests and the chapter use a
+    tiny one); its ``name`` is then the run-directory name."""
     from .plotting import FIGURES_DIR, save, use_style
 
     figures_dir = figures_dir or FIGURES_DIR
-    prof = get_profile(env, quick)
+    prof = profile or get_profile(env, quick)
+    if not prof.label:
+        prof = dataclasses.replace(prof, label=prof.name)
     seeds = tuple(prof.seeds if seeds is None else seeds)
     algos = tuple(prof.algos if algos is None else algos)
     for a in algos:
@@ -676,13 +682,17 @@ ABLATION_PROFILES = {
 
 
 def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
-              root: str = "runs/credit", figures_dir: str | None = None, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+              root: str = "runs/credit", figures_dir: str | None = None, progress: bool = True, command: str | None = None,
+              profile: Profile | None = None) -> dict[str, Any]:
     """GAGPO ablations on the KeyDoor profile (λ, γ, group size, normalisation, anchor matching):
-    ``figures/ablation_<name>[_quick].png`` per ablation, ``ablation_keydoor[_quick].{csv,md}``."""
+    ``figures/ablation_<name>[_quick].png`` per ablation, ``ablation_keydoor[_quick].{csv,md}``.
+    ``profile`` replaces the registered ablation profile (tests use a tiny one)."""
     from .plotting import FIGURES_DIR, save, use_style
 
     figures_dir = figures_dir or FIGURES_DIR
-    prof = ABLATION_PROFILES[quick]
+    prof = profile or ABLATION_PROFILES[quick]
+    if not prof.label:
+        prof = dataclasses.replace(prof, label=prof.name)
     seeds = tuple(prof.seeds if seeds is None else seeds)
     variants = ablation_variants(names)
     unique: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,639 @@
+"""ALFWorld, the text household benchmark, behind the toy environments' protocol; and a process pool.
+
+ALFWorld (Shridhar et al., 2021) turns ALFRED's household tasks into text games played by
+TextWorld's PDDL engine: the agent reads "You arrive at fridge 1. The fridge 1 is closed." and
+answers with a command such as ``open fridge 1``. Its data has one directory per game::
+
+    $ALFWORLD_DATA/json_2.1.1/<split>/<task_type>-<Obj>-None-<Recep>-<scene>/<trial>/
+        traj_data.json   the task (type and PDDL parameters)
+        game.tw-pddl     the game: PDDL domain, PDDL problem, text grammar
+
+with splits ``train`` (3,553 games in the release), ``valid_seen`` (140; rooms seen in training)
+and ``valid_unseen`` (134; new rooms).
+
+:class:`AlfworldEnv` plays one game at a time with the real engine and speaks the protocol of
+``toy_envs`` (text observations, ``info["admissible_actions"]``, ``info["won"]``, commands as
+strings or indices), so :func:`gagpo.rollout.collect` runs on it unchanged. ``reset(seed=k)`` plays
+game ``k mod n_games`` of the split (in sorted path order): every member of a rollout group gets the
+same game, and evaluation runs the games of ``valid_seen`` or ``valid_unseen`` once each
+(``env.seeds``).
+
+:class:`ProcessEnvPool` keeps environments in worker processes and steps them in parallel (an
+ALFWorld step costs ~20 ms of Python). A worker that crashes or stops answering is replaced; the
+episodes it held end with a truncated transition flagged ``info["worker_restarted"]``.
+
+Importing this module does not import alfworld; constructing an :class:`AlfworldEnv` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import string
+import time
+import traceback
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+__all__ = [
+    "DATA_SUBDIR",
+    "EnvFactory",
+    "FIXTURES_DIR",
+    "SPLITS",
+    "TASK_TYPES",
+    "AlfworldEnv",
+    "ProcessEnvPool",
+    "RemoteEnv",
+    "list_games",
+    "resolve_data_dir",
+]
+
+#: The six ALFWorld task types (the prefix of every game directory's name).
+TASK_TYPES = (
+    "pick_and_place_simple",
+    "look_at_obj_in_light",
+    "pick_clean_then_place_in_recep",
+    "pick_heat_then_place_in_recep",
+    "pick_cool_then_place_in_recep",
+    "pick_two_obj_and_place",
+)
+#: The splits of the release: training games, and evaluation in seen and in unseen rooms.
+SPLITS = ("train", "valid_seen", "valid_unseen")
+#: Subdirectory of ``$ALFWORLD_DATA`` that holds the splits.
+DATA_SUBDIR = "json_2.1.1"
+#: The small hand-authored games of this repository (a source checkout only); usable as
+#: ``ALFWORLD_DATA`` for smoke runs and tests. ``python -m gagpo.envs.make_fixtures DIR`` rewrites them.
+FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "alfworld"
+
+_INSTALL_HINT = 'pip install -e ".[alfworld]"'
+_OBS_CHARSET = string.printable
+_NOTHING_HAPPENS = "Nothing happens."
+
+
+# ------------------------------------------------------------------------------- the data
+def _missing_data(what: str) -> FileNotFoundError:
+    fixtures = (f"export ALFWORLD_DATA={FIXTURES_DIR}" if FIXTURES_DIR.is_dir()
+                else "export ALFWORLD_DATA=<gagpo repository>/tests/fixtures/alfworld")
+    return FileNotFoundError(
+        f"ALFWorld game data not found: {what}.\n"
+        "Download the games (about 2 GB) with\n"
+        "    pip install alfworld && alfworld-download\n"
+        "    export ALFWORLD_DATA=~/.cache/alfworld\n"
+        "or pass data_dir=... to the environment. For a smoke run without the download, use the small\n"
+        "fixture games of this repository (tests/fixtures/alfworld, written by\n"
+        "`python -m gagpo.envs.make_fixtures`):\n"
+        f"    {fixtures}"
+    )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The ALFWorld data directory: ``data_dir``, else ``$ALFWORLD_DATA``.
+
+    Raises FileNotFoundError (saying how to get the data) when neither is set or the directory
+    has no ``json_2.1.1`` subdirectory.
+    """
+    if data_dir is None:
+        env_value = os.environ.get("ALFWORLD_DATA")
+        if not env_value:
+            raise _missing_data("no data_dir was given and $ALFWORLD_DATA is not set")
+        data_dir = env_value
+    path = Path(os.path.expandvars(os.path.expanduser(str(data_dir))))
+    if not (path / DATA_SUBDIR).is_dir():
+        raise _missing_data(f"{path} has no {DATA_SUBDIR}/ directory")
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_split(split_dir: str) -> tuple[tuple[str, str], ...]:
+    """(task type, game file) of every game under ``split_dir``, sorted by path."""
+    games = []
+    root = Path(split_dir)
+    for game_file in sorted(root.glob("*/*/game.tw-pddl")):
+        rel = game_file.relative_to(root).as_posix()
+        if "movable" in rel or "Sliced" in rel:  # alfworld skips these too
+            continue
+        if not (game_file.parent / "traj_data.json").is_file():
+            continue
+        task_type = rel.split("-", 1)[0]
+        if task_type in TASK_TYPES:
+            games.append((task_type, str(game_file)))
+    return tuple(games)
+
+
+def list_games(data_dir: str | os.PathLike | None = None, split: str = "train",
+               task_types: Sequence[str] | None = None) -> list[str]:
+    """Sorted paths of the ``game.tw-pddl`` files of ``split`` (optionally of some task types only).
+
+    Like alfworld, directories whose path contains ``movable`` or ``Sliced`` and games without a
+    ``traj_data.json`` are skipped; the task type is read from the directory name. Unlike alfworld,
+    the ``solvable`` flag inside each game file is not checked (reading every file of the 3,553
+    training games takes seconds per process); the released games all have it set.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    wanted = TASK_TYPES if task_types is None else tuple(task_types)
+    unknown = [t for t in wanted if t not in TASK_TYPES]
+    if unknown:
+        raise ValueError(f"unknown task types {unknown}; expected a subset of {TASK_TYPES}")
+    split_dir = resolve_data_dir(data_dir) / DATA_SUBDIR / split
+    if not split_dir.is_dir():
+        raise _missing_data(f"{split_dir} does not exist")
+    games = [path for task_type, path in _scan_split(str(split_dir)) if task_type in wanted]
+    if not games:
+        raise _missing_data(f"{split_dir} holds no games of the task types {list(wanted)}")
+    return games
+
+
+def _import_engine():
+    """TextWorld's PDDL environment and ALFWorld's wrappers, imported on first use."""
+    try:
+        import textworld
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
+        from textworld.envs.pddl import PddlEnv
+    except ImportError as exc:
+        raise ImportError(f"AlfworldEnv needs the alfworld package: {_INSTALL_HINT} "
+                          f"(it builds TextWorld's planner from source, a few minutes). ({exc})") from exc
+    return textworld, PddlEnv, AlfredDemangler
+
+
+# -------------------------------------------------------------------------- the environment
+class AlfworldEnv(gym.Env):
+    """One ALFWorld game at a time, played by the real engine, with the ``toy_envs`` protocol.
+
+    ``reset(seed=k)`` loads game ``k mod n_games`` of the split (sorted by path; the same ``k``
+    always gives the same game and the same first observation) and returns the engine's opening
+    text, which ends with "Your task is to: ...". Without a seed the game is drawn with the env's
+    ``np_random``; ``options={"task_seed": k}`` picks game ``k`` without reseeding.
+
+    ``step(action)`` takes a command string (case and surrounding blanks are ignored) or an
+    integer index into ``info["admissible_actions"]``. An admissible command goes to the engine and
+    the observation is the engine's reply ("You arrive at fridge 1. The fridge 1 is closed.").
+    Anything else is a no-op and never raises: the engine is not called (it would answer
+    "Nothing happens." and change nothing), the observation stays the previous one, the reward is
+    ``-invalid_penalty``, ``info["invalid_action"]`` is True and ``info["feedback"]`` is
+    "Nothing happens.". The reward is 1 on the step that completes the task, which also ends the
+    episode (``terminated``); there is no other reward. A step after the end changes nothing
+    (reward 0, ``terminated`` again). The step limit is gymnasium's ``TimeLimit``: registered as
+    ``gagpo/ALFWorld-v0`` with ``max_episode_steps=50``.
+
+    ``info`` holds ``admissible_actions`` (sorted list of str), ``won``, ``invalid_action``,
+    ``feedback``, ``task`` (e.g. "put a cool apple in countertop."), ``task_type``, ``gamefile``,
+    ``task_seed`` (the ``k`` of the reset) and ``game_index`` (``k mod n_games``).
+
+    Args:
+        data_dir: directory holding ``json_2.1.1/``; default ``$ALFWORLD_DATA``. FileNotFoundError
+            (with download instructions) when missing.
+        split: "train", "valid_seen" or "valid_unseen".
+        task_types: restrict the games to these task types (default: all six).
+        invalid_penalty: subtracted from the reward of an inadmissible action (default 0; the LLM
+            trainer applies its own).
+        render_mode: None or "ansi" (``render()`` returns the last observation and the commands).
+
+    Observations differ from the toy environments' in one way that matters for anchor states:
+    they are the engine's replies, not a full description of the state (two different states can
+    give the same "You arrive at countertop 1. ..." text).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    MAX_OBS_LENGTH = 8192
+    MAX_COMMAND_LENGTH = 256
+
+    def __init__(self, data_dir: str | os.PathLike | None = None, split: str = "train",
+                 task_types: Sequence[str] | None = None, invalid_penalty: float = 0.0,
+                 render_mode: str | None = None):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unknown render_mode {render_mode!r}; expected None or 'ansi'")
+        invalid_penalty = float(invalid_penalty)
+        if not (np.isfinite(invalid_penalty) and invalid_penalty >= 0.0):
+            raise ValueError(f"invalid_penalty must be finite and >= 0; got {invalid_penalty}")
+        self.data_dir = resolve_data_dir(data_dir)
+        self.split = split
+        self.game_files = list_games(self.data_dir, split, task_types)
+        # Importing alfworld creates $ALFWORLD_DATA (default ~/.cache/alfworld) when it does not
+        # exist; point it at the data in use when it is unset.
+        os.environ.setdefault("ALFWORLD_DATA", str(self.data_dir))
+        textworld, self._PddlEnv, self._Demangler = _import_engine()
+        self._request_infos = textworld.EnvInfos(won=True, admissible_commands=True)
+        self.invalid_penalty = invalid_penalty
+        self.render_mode = render_mode
+        self.observation_space = spaces.Text(max_length=self.MAX_OBS_LENGTH, charset=_OBS_CHARSET)
+        self.action_space = spaces.Text(max_length=self.MAX_COMMAND_LENGTH, charset=_OBS_CHARSET)
+        self._game = None  # the engine, with the game of self._loaded
+        self._loaded: str | None = None
+        self._state = None  # the engine's last GameState
+        self._obs = ""
+        self._done = False
+        self._task = ""
+        self._task_type = ""
+        self.task_seed: int | None = None
+
+    # ------------------------------------------------------------------------- the games
+    @property
+    def n_games(self) -> int:
+        """Number of games in the split (after the ``task_types`` filter)."""
+        return len(self.game_files)
+
+    @property
+    def seeds(self) -> range:
+        """Reset seeds that play every game of the split once (what evaluation runs)."""
+        return range(self.n_games)
+
+    EVAL_SEEDS = seeds  # the toy envs' name; evaluate on an env built with a valid_* split
+
+    def walkthrough(self) -> list[str] | None:
+        """The stored solution of the current game (``game.tw-pddl``'s "walkthrough"), if any."""
+        if self._loaded is None:
+            raise RuntimeError("call reset() before walkthrough()")
+        with open(self._loaded) as fh:
+            return json.load(fh).get("walkthrough")
+
+    def _load(self, game_file: str) -> None:
+        if game_file == self._loaded:
+            return
+        game = self._Demangler()(self._PddlEnv(self._request_infos))
+        game.load(game_file)
+        with open(Path(game_file).parent / "traj_data.json") as fh:
+            self._task_type = json.load(fh)["task_type"]
+        self._game, self._loaded = game, game_file
+
+    # --------------------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options and "task_seed" in options:
+            task_seed = int(options["task_seed"])
+        elif seed is not None:
+            task_seed = int(seed)
+        else:
+            task_seed = int(self.np_random.integers(self.n_games))
+        self.task_seed = task_seed
+        self._load(self.game_files[task_seed % self.n_games])
+        self._state = self._game.reset()
+        self._obs = self._state.feedback
+        self._task = self._obs.rsplit("Your task is to: ", 1)[-1].strip() if "Your task is to: " in self._obs else ""
+        self._done = False
+        return self._obs, self._info(feedback=self._obs, invalid=False)
+
+    def step(self, action):
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        admissible = self._state["admissible_commands"]
+        command = self._resolve(action, admissible)
+        if self._done:
+            return self._obs, 0.0, True, False, self._info("The episode is over; call reset().", invalid=False)
+        if command is None:
+            return self._obs, -self.invalid_penalty, False, False, self._info(_NOTHING_HAPPENS, invalid=True)
+        self._state, _, _ = self._game.step(command)
+        self._obs = self._state.feedback
+        won = bool(self._state["won"])
+        self._done = won
+        return self._obs, 1.0 if won else 0.0, won, False, self._info(self._obs, invalid=False)
+
+    @staticmethod
+    def _resolve(action, admissible: list[str]) -> str | None:
+        """The admissible command that ``action`` names, or None."""
+        if isinstance(action, (int, np.integer)) and not isinstance(action, (bool, np.bool_)):
+            return admissible[int(action)] if 0 <= action < len(admissible) else None
+        if isinstance(action, str):
+            command = " ".join(action.lower().split())
+            return command if command in admissible else None
+        return None
+
+    def _info(self, feedback: str, invalid: bool) -> dict:
+        return {
+            "admissible_actions": list(self._state["admissible_commands"]),
+            "won": bool(self._state["won"]),
+            "invalid_action": invalid,
+            "feedback": feedback,
+            "task": self._task,
+            "task_type": self._task_type,
+            "gamefile": self._loaded,
+            "task_seed": self.task_seed,
+            "game_index": self.task_seed % self.n_games,
+        }
+
+    def render(self):
+        if self.render_mode is None or self._state is None:
+            return None
+        commands = ", ".join(self._state["admissible_commands"])
+        return f"{self._obs}\n> admissible: {commands}\n"
+
+    def close(self):
+        if self._game is not None:
+            self._game.close()
+        self._game, self._loaded, self._state = None, None, None
+
+
+# --------------------------------------------------------------------- process pool
+@dataclasses.dataclass(frozen=True)
+class EnvFactory:
+    """A picklable ``make_env`` for :class:`ProcessEnvPool`: ``gym.make(env_id, ...)`` in the worker.
+
+    ``max_steps > 0`` overrides the registered step limit; ``kwargs`` go to the env's constructor.
+    For an id ``"namespace/Name-v0"`` the module ``namespace.envs`` (for ``gagpo``) or ``namespace``
+    is imported first, which registers the id (a fresh worker process has an empty registry).
+    """
+
+    env_id: str
+    max_steps: int = 0
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self) -> gym.Env:
+        namespace = self.env_id.split("/")[0] if "/" in self.env_id else None
+        if namespace and self.env_id not in gym.registry:
+            importlib.import_module("gagpo.envs" if namespace == "gagpo" else namespace)
+        extra = dict(self.kwargs)
+        if self.max_steps:
+            extra["max_episode_steps"] = self.max_steps
+        return gym.make(self.env_id, disable_env_checker=True, **extra)
+
+
+def _worker_main(conn, make_env: Callable[[], gym.Env]) -> None:
+    """Serve ``(op, items)`` requests on ``conn``; answer ``(slot, ok, result)`` once per item.
+
+    ``op`` is "reset" (items: (slot, seed)), "step" (items: (slot, action)) or "close". An
+    environment is created on the first reset of its slot. An exception inside the environment is
+    answered as ``ok=False`` with the traceback text; the worker lives on.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    envs: dict[int, gym.Env] = {}
+    while True:
+        try:
+            op, items = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if op == "close":
+            break
+        for slot, arg in items:
+            try:
+                if op == "reset":
+                    if slot not in envs:
+                        envs[slot] = make_env()
+                    result = envs[slot].reset(seed=arg)
+                else:
+                    result = envs[slot].step(arg)
+                reply = (slot, True, result)
+            except Exception:  # noqa: BLE001 - reported to the parent, which decides
+                reply = (slot, False, traceback.format_exc())
+            conn.send(reply)
+    for env in envs.values():
+        try:
+            env.close()
+        except Exception:  # noqa: BLE001
+            pass
+    conn.close()
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, ctx, make_env):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, make_env), daemon=True)
+        self.process.start()
+        child.close()  # only the child holds it now: its death closes the pipe
+
+    def stop(self, grace: float = 0.0) -> None:
+        if grace > 0 and self.process.is_alive():
+            try:
+                self.conn.send(("close", None))
+            except (OSError, ValueError):
+                pass
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class RemoteEnv:
+    """A handle on one environment of a :class:`ProcessEnvPool` (what ``pool.get(n)`` returns)."""
+
+    def __init__(self, pool: ProcessEnvPool, slot: int):
+        self.pool, self.slot = pool, slot
+
+    def reset(self, *, seed: int | None = None):
+        return self.pool._reset_slots([self.slot], [seed])[0]
+
+    def step(self, action):
+        return self.pool.step_many([self.slot], [action])[0]
+
+
+class ProcessEnvPool:
+    """Environments in worker processes, stepped in parallel; a drop-in for ``gagpo.rollout.EnvPool``.
+
+    Environment ``i`` (the ``i``-th of ``reset_many``'s seeds, the index ``step_many`` takes) lives
+    in worker ``i mod n_workers``; each call sends every worker its share at once, and the workers
+    step their environments concurrently. Workers start on first use.
+
+    Robustness: a worker that dies (segfault, ``os._exit``, OOM kill) or takes longer than
+    ``step_timeout`` seconds over one step is killed and replaced. Every episode it held ends: its
+    pending step — and any later step before the next reset — returns the terminal transition
+    ``(last observation, 0.0, terminated=False, truncated=True, info)`` with
+    ``info["worker_restarted"] = True`` and the last ``admissible_actions`` (never empty), so
+    :func:`gagpo.rollout.collect` records the episode as cut short instead of losing it or hanging.
+    An exception raised inside an environment's ``step`` ends that episode the same way, with the
+    traceback in ``info["env_error"]``. A reset is retried once on a fresh worker; a second failure,
+    or an exception inside ``reset``, raises RuntimeError.
+
+    Args:
+        make_env: a picklable zero-argument factory (module-level function, ``functools.partial``,
+            :class:`EnvFactory`); it runs in the workers.
+        n_workers: worker processes (default: the CPUs available to this process).
+        step_timeout: seconds a worker may take over one step before it counts as hung.
+        reset_timeout: the same for one reset, which may include starting the worker, importing
+            the engine and creating the environment.
+        context: multiprocessing start method, "spawn" (default) or "forkserver". Scripts that
+            create a pool must guard their entry point with ``if __name__ == "__main__":``.
+    """
+
+    def __init__(self, make_env: Callable[[], gym.Env], n_workers: int | None = None,
+                 step_timeout: float = 30.0, reset_timeout: float = 120.0, context: str = "spawn"):
+        if context not in ("spawn", "forkserver"):
+            raise ValueError(f"unknown context {context!r}; expected 'spawn' or 'forkserver'")
+        try:
+            pickle.dumps(make_env)
+        except Exception as exc:  # noqa: BLE001 - pickling raises several types
+            raise TypeError(
+                "ProcessEnvPool needs a picklable make_env to send to its workers (a module-level "
+                "function, functools.partial or gagpo.envs.EnvFactory(env_id, max_steps, kwargs)); "
+                f"a closure or lambda is not. ({exc})") from exc
+        if n_workers is None:
+            n_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1; got {n_workers}")
+        if not (step_timeout > 0 and reset_timeout > 0):
+            raise ValueError("step_timeout and reset_timeout must be > 0")
+        self.make_env = make_env
+        self.n_workers = int(n_workers)
+        self.step_timeout = float(step_timeout)
+        self.reset_timeout = float(reset_timeout)
+        self._ctx = mp.get_context(context)
+        self._workers: list[_Worker | None] = [None] * self.n_workers
+        self._last: dict[int, tuple[str, dict]] = {}  # slot -> last (observation, info)
+        self._lost: dict[int, str] = {}  # slot -> why its episode is gone (until its next reset)
+        self.n_slots = 0
+        self.n_restarts = 0
+        """Workers replaced so far (a diagnostic)."""
+
+    # ---------------------------------------------------------------------- workers
+    def _worker(self, w: int) -> _Worker:
+        if self._workers[w] is None:
+            self._workers[w] = _Worker(self._ctx, self.make_env)
+        return self._workers[w]
+
+    @property
+    def worker_pids(self) -> list[int | None]:
+        """Process id of each worker (None: not started)."""
+        return [None if wk is None else wk.process.pid for wk in self._workers]
+
+    def _restart(self, w: int, why: str) -> None:
+        """Kill worker ``w``; every slot it held loses its episode. A fresh one starts on next use."""
+        self._workers[w].stop()
+        self._workers[w] = None
+        self.n_restarts += 1
+        for slot in range(w, self.n_slots, self.n_workers):
+            self._lost.setdefault(slot, why)
+
+    def _call(self, op: str, slots: Sequence[int], args: Sequence[Any], timeout: float):
+        """Run ``op`` on ``slots`` in their workers concurrently.
+
+        Returns ``(answers, failed)``: ``answers[slot] = (ok, result)`` for every slot that was
+        answered, ``failed[w]`` says why worker ``w`` crashed or hung (it has been restarted).
+        """
+        shares: dict[int, list] = {}
+        for slot, arg in zip(slots, args):
+            shares.setdefault(slot % self.n_workers, []).append((slot, arg))
+        answers: dict[int, tuple[bool, Any]] = {}
+        failed: dict[int, str] = {}
+        pending: dict[int, deque] = {}
+        deadline: dict[int, float] = {}
+        for w, share in shares.items():
+            try:
+                self._worker(w).conn.send((op, share))
+            except (OSError, ValueError):  # the pipe broke: the worker has died
+                failed[w] = "crashed"
+                continue
+            pending[w] = deque(slot for slot, _ in share)
+            deadline[w] = time.monotonic() + timeout
+        while pending:
+            conns = {self._workers[w].conn: w for w in pending}
+            sentinels = {self._workers[w].process.sentinel: w for w in pending}
+            budget = max(0.0, min(deadline.values()) - time.monotonic())
+            ready = wait(list(conns) + list(sentinels), timeout=budget)
+            died = {sentinels[r] for r in ready if r in sentinels}
+            for w in {conns[r] for r in ready if r in conns} | died:
+                conn = self._workers[w].conn
+                try:
+                    while pending[w] and conn.poll():  # drain what arrived (also from a dead worker)
+                        slot, ok, result = conn.recv()
+                        answers[slot] = (ok, result)
+                        pending[w].remove(slot)
+                        deadline[w] = time.monotonic() + timeout
+                except (EOFError, OSError):
+                    died.add(w)
+                if not pending[w]:
+                    del pending[w], deadline[w]
+                elif w in died:
+                    failed[w] = f"worker {w} crashed (exit code {self._workers[w].process.exitcode})"
+                    del pending[w], deadline[w]
+            now = time.monotonic()
+            for w in [w for w, t in deadline.items() if t <= now]:
+                failed[w] = f"worker {w} hung (no answer within {timeout:g} s)"
+                del pending[w], deadline[w]
+        for w, why in failed.items():
+            self._restart(w, why)
+        return answers, failed
+
+    # --------------------------------------------------------------------- the pool API
+    def get(self, n: int) -> list[RemoteEnv]:
+        """Handles on the first ``n`` environments (they are created in the workers on first reset)."""
+        self.n_slots = max(self.n_slots, int(n))
+        return [RemoteEnv(self, i) for i in range(n)]
+
+    def reset_many(self, seeds: Sequence[int]) -> list[tuple[str, dict]]:
+        """Reset environment i with ``seeds[i]``; returns ``(observation, info)`` per environment."""
+        return self._reset_slots(list(range(len(seeds))), seeds)
+
+    def _reset_slots(self, slots: list[int], seeds: Sequence[int | None]) -> list[tuple[str, dict]]:
+        self.n_slots = max(self.n_slots, max(slots, default=-1) + 1)
+        seed_of = {slot: None if s is None else int(s) for slot, s in zip(slots, seeds)}
+        done: set[int] = set()
+        for attempt in range(2):
+            todo = [s for s in slots if s not in done]
+            answers, failed = self._call("reset", todo, [seed_of[s] for s in todo], self.reset_timeout)
+            for slot, (ok, result) in answers.items():
+                if not ok:
+                    raise RuntimeError(f"environment {slot} raised in reset(seed={seed_of[slot]}):\n{result}")
+                self._last[slot] = result
+                done.add(slot)
+            # a restarted worker lost every environment it held, including those reset just now
+            done = {s for s in done if s % self.n_workers not in failed}
+            if len(done) == len(set(slots)):
+                break
+            if attempt == 1:
+                raise RuntimeError(f"reset failed twice: {'; '.join(failed.values())}")
+        for slot in slots:
+            self._lost.pop(slot, None)
+        return [self._last[slot] for slot in slots]
+
+    def step_many(self, indices: Sequence[int], actions: Sequence[int | str]) -> list[tuple]:
+        """Step environment ``indices[j]`` with ``actions[j]``; returns gymnasium's 5-tuples."""
+        out: dict[int, tuple] = {}
+        live = [(i, a) for i, a in zip(indices, actions) if i not in self._lost]
+        answers, _ = self._call("step", [i for i, _ in live], [a for _, a in live], self.step_timeout)
+        for slot, (ok, result) in answers.items():
+            if ok:
+                self._last[slot] = (result[0], result[4])
+                out[slot] = result
+            else:
+                self._lost[slot] = "error"
+                out[slot] = self._cut_short(slot, env_error=result)
+        for slot in indices:
+            if slot not in out:
+                out[slot] = self._cut_short(slot)
+        return [out[slot] for slot in indices]
+
+    def _cut_short(self, slot: int, env_error: str | None = None) -> tuple:
+        """The terminal transition of an episode whose environment was lost."""
+        if slot not in self._last:
+            raise RuntimeError(f"environment {slot} was stepped before its first reset")
+        obs, info = self._last[slot]
+        info = dict(info)
+        info.update(won=False, invalid_action=False, worker_restarted=env_error is None)
+        info["admissible_actions"] = list(info.get("admissible_actions") or ["look"])
+        if env_error is not None:
+            info["env_error"] = env_error
+        return obs, 0.0, False, True, info
+
+    def close(self) -> None:
+        """Stop every worker (politely, then by force)."""
+        for w, worker in enumerate(self._workers):
+            if worker is not None:
+                worker.stop(grace=5.0)
+                self._workers[w] = None
+        self._last.clear()
+        self._lost.clear()
+        self.n_slots = 0
+
+    def __enter__(self) -> ProcessEnvPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass

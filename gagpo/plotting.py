@@ -65,9 +65,8 @@ def learning_curves(
         x_max = min(float(np.max(x)) for x, _ in runs)
         grid = np.linspace(0, x_max, 100)
         ys = np.stack([np.interp(grid, x, y) for x, y in runs])
-        color = ALGO_COLORS.get(algo)
-        ax.plot(grid, np.median(ys, axis=0), color=color, label=f"{algo} (median of {len(runs)})")
-        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.15, linewidth=0)
+        (line,) = ax.plot(grid, np.median(ys, axis=0), color=ALGO_COLORS.get(algo), label=f"{algo} (median of {len(runs)})")
+        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.15, linewidth=0)
     if random_baseline is not None:
         ax.axhline(random_baseline, color="k", linestyle=":", linewidth=1, label="random policy")
     ax.set_xlabel(xlabel)

@@ -1,0 +1,22 @@
+"""Shared plotting helpers."""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.colors import to_rgba
+
+from gagpo.plotting import ALGO_COLORS, learning_curves, save, use_style
+
+
+def test_band_has_the_colour_of_its_line(tmp_path):
+    plt = use_style()
+    fig, ax = plt.subplots()
+    runs = [(np.array([0, 1, 2]), np.array([0, 0.5, 1])), (np.array([0, 1, 2]), np.array([0, 0.2, 0.8]))]
+    learning_curves({"custom-a": runs, "custom-b": runs, "gagpo": runs}, ax=ax)
+    lines, bands = ax.get_lines(), ax.collections
+    assert len(lines) == len(bands) == 3
+    for line, band in zip(lines, bands):
+        assert np.allclose(to_rgba(line.get_color())[:3], band.get_facecolor()[0][:3])
+    assert to_rgba(lines[2].get_color()) == to_rgba(ALGO_COLORS["gagpo"])
+    path = save(fig, "curves", str(tmp_path))
+    assert path.endswith("curves.png")
+    plt.close(fig)

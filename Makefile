@@ -5,6 +5,7 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+FULL_STAMP := $(VENV)/.installed-full
 NOTEBOOKS := $(wildcard chapters/*.ipynb chapters/solutions/*.ipynb)
 
 .PHONY: run test setup bench clean
@@ -21,10 +22,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# the test suite also needs the language-model and ALFWorld extras; alfworld builds native code whose build
+# scripts call a bare `python`, so the venv goes first on PATH
+$(FULL_STAMP): $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pip install -q -e ".[book,dev,lm,alfworld]"
+	touch $(FULL_STAMP)
+
 run: $(STAMP)
 	$(BIN)/python -m gagpo headline
 
-test: $(STAMP)
+test: $(FULL_STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -n 2 --dist loadfile tests $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS))
 
 bench: $(STAMP)

@@ -12,7 +12,6 @@ observation text is the anchor key: identical situations give identical text.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from .batch import StepBatch
+from .envs.factory import EnvFactory, ensure_registered
 from .policies import action_log_probs, greedy_actions, sample_actions
 
 
@@ -82,28 +82,12 @@ class EnvPool:
         self.envs.clear()
 
 
-def make_env_fn(env_id: str, max_steps: int = 0, **kwargs) -> Callable[[], gym.Env]:
-    """A factory for ``gym.make(env_id, ...)``; ``max_steps > 0`` overrides the registered step limit.
-
-    For an id ``"namespace/Name-v0"`` whose namespace is not registered yet, the module ``namespace``
-    is imported first (``toy_envs`` registers its environments on import).
-    """
-    namespace = env_id.split("/")[0] if "/" in env_id else None
-    if namespace and env_id not in gym.registry:
-        try:
-            importlib.import_module(namespace)
-        except ImportError as exc:
-            raise ValueError(f"unknown environment {env_id!r}: could not import the package {namespace!r} that should register it ({exc})") from exc
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown environment {env_id!r}; registered ids with this prefix: "
-                         f"{sorted(k for k in gym.registry if namespace and k.startswith(namespace))}")
-
-    def make() -> gym.Env:
-        extra = dict(kwargs)
-        if max_steps:
-            extra["max_episode_steps"] = max_steps
-        return gym.make(env_id, disable_env_checker=True, **extra)
-    return make
+def make_env_fn(env_id: str, max_steps: int = 0, **kwargs) -> EnvFactory:
+    """A picklable factory for ``gym.make(env_id, ...)``; ``max_steps > 0`` overrides the registered
+    step limit. Checks now that the id exists (importing ``toy_envs`` or ``gagpo.envs`` as needed),
+    so a typo fails before any rollout."""
+    ensure_registered(env_id)
+    return EnvFactory(env_id, max_steps, dict(kwargs))
 
 
 @torch.no_grad()

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from .factory import EnvFactory, ensure_registered
 from .alfworld import (
     DATA_SUBDIR,
     FIXTURES_DIR,
     SPLITS,
     TASK_TYPES,
     AlfworldEnv,
-    EnvFactory,
     ProcessEnvPool,
     RemoteEnv,
     list_games,
@@ -52,4 +52,5 @@ __all__ = [
     "RemoteEnv",
     "list_games",
     "resolve_data_dir",
+    "ensure_registered",
 ]

@@ -19,16 +19,15 @@ same game, and evaluation runs the games of ``valid_seen`` or ``valid_unseen`` o
 (``env.seeds``).
 
 :class:`ProcessEnvPool` keeps environments in worker processes and steps them in parallel (an
-ALFWorld step costs ~20 ms of Python). A worker that crashes or stops answering is replaced; the
-episodes it held end with a truncated transition flagged ``info["worker_restarted"]``.
+ALFWorld step costs ~20 ms of CPU on the small fixture games, more in the real rooms, and loading a
+game ~0.2 s). A worker that crashes or stops answering is replaced; the episodes it held end with a
+truncated transition flagged ``info["worker_restarted"]``.
 
 Importing this module does not import alfworld; constructing an :class:`AlfworldEnv` does.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-import importlib
 import json
 import multiprocessing as mp
 import os
@@ -48,7 +47,6 @@ from gymnasium import spaces
 
 __all__ = [
     "DATA_SUBDIR",
-    "EnvFactory",
     "FIXTURES_DIR",
     "SPLITS",
     "TASK_TYPES",
@@ -155,8 +153,15 @@ def list_games(data_dir: str | os.PathLike | None = None, split: str = "train",
     return games
 
 
-def _import_engine():
-    """TextWorld's PDDL environment and ALFWorld's wrappers, imported on first use."""
+def _import_engine(data_dir: Path):
+    """TextWorld's PDDL environment and ALFWorld's wrappers, imported on first use.
+
+    Importing alfworld creates the directory ``$ALFWORLD_DATA`` (default ``~/.cache/alfworld``) and
+    sets the variable; when it is unset, it points at ``data_dir`` during the import and is unset again.
+    """
+    unset = "ALFWORLD_DATA" not in os.environ
+    if unset:
+        os.environ["ALFWORLD_DATA"] = str(data_dir)
     try:
         import textworld
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
@@ -164,6 +169,9 @@ def _import_engine():
     except ImportError as exc:
         raise ImportError(f"AlfworldEnv needs the alfworld package: {_INSTALL_HINT} "
                           f"(it builds TextWorld's planner from source, a few minutes). ({exc})") from exc
+    finally:
+        if unset:
+            os.environ.pop("ALFWORLD_DATA", None)
     return textworld, PddlEnv, AlfredDemangler
 
 
@@ -220,10 +228,7 @@ class AlfworldEnv(gym.Env):
         self.data_dir = resolve_data_dir(data_dir)
         self.split = split
         self.game_files = list_games(self.data_dir, split, task_types)
-        # Importing alfworld creates $ALFWORLD_DATA (default ~/.cache/alfworld) when it does not
-        # exist; point it at the data in use when it is unset.
-        os.environ.setdefault("ALFWORLD_DATA", str(self.data_dir))
-        textworld, self._PddlEnv, self._Demangler = _import_engine()
+        textworld, self._PddlEnv, self._Demangler = _import_engine(self.data_dir)
         self._request_infos = textworld.EnvInfos(won=True, admissible_commands=True)
         self.invalid_penalty = invalid_penalty
         self.render_mode = render_mode
@@ -231,6 +236,7 @@ class AlfworldEnv(gym.Env):
         self.action_space = spaces.Text(max_length=self.MAX_COMMAND_LENGTH, charset=_OBS_CHARSET)
         self._game = None  # the engine, with the game of self._loaded
         self._loaded: str | None = None
+        self._walkthrough: list[str] | None = None
         self._state = None  # the engine's last GameState
         self._obs = ""
         self._done = False
@@ -255,17 +261,22 @@ class AlfworldEnv(gym.Env):
         """The stored solution of the current game (``game.tw-pddl``'s "walkthrough"), if any."""
         if self._loaded is None:
             raise RuntimeError("call reset() before walkthrough()")
-        with open(self._loaded) as fh:
-            return json.load(fh).get("walkthrough")
+        return None if self._walkthrough is None else list(self._walkthrough)
 
     def _load(self, game_file: str) -> None:
         if game_file == self._loaded:
             return
-        game = self._Demangler()(self._PddlEnv(self._request_infos))
-        game.load(game_file)
+        with open(game_file) as fh:
+            data = json.load(fh)
         with open(Path(game_file).parent / "traj_data.json") as fh:
-            self._task_type = json.load(fh)["task_type"]
-        self._game, self._loaded = game, game_file
+            task_type = json.load(fh)["task_type"]
+        if self._game is None:
+            # One engine per env, reused for every game: each PddlEnv loads its own copy of Fast
+            # Downward's 34 MB shared library (the library keeps global state), never unloaded.
+            self._game = self._Demangler()(self._PddlEnv(self._request_infos))
+        self._loaded = None
+        self._game.load(data)  # a dict: TextWorld's own file loading leaves the file open
+        self._loaded, self._walkthrough, self._task_type = game_file, data.get("walkthrough"), task_type
 
     # --------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -292,7 +303,7 @@ class AlfworldEnv(gym.Env):
         if self._done:
             return self._obs, 0.0, True, False, self._info("The episode is over; call reset().", invalid=False)
         if command is None:
-            return self._obs, -self.invalid_penalty, False, False, self._info(_NOTHING_HAPPENS, invalid=True)
+            return self._obs, 0.0 - self.invalid_penalty, False, False, self._info(_NOTHING_HAPPENS, invalid=True)
         self._state, _, _ = self._game.step(command)
         self._obs = self._state.feedback
         won = bool(self._state["won"])
@@ -335,29 +346,6 @@ class AlfworldEnv(gym.Env):
 
 
 # --------------------------------------------------------------------- process pool
-@dataclasses.dataclass(frozen=True)
-class EnvFactory:
-    """A picklable ``make_env`` for :class:`ProcessEnvPool`: ``gym.make(env_id, ...)`` in the worker.
-
-    ``max_steps > 0`` overrides the registered step limit; ``kwargs`` go to the env's constructor.
-    For an id ``"namespace/Name-v0"`` the module ``namespace.envs`` (for ``gagpo``) or ``namespace``
-    is imported first, which registers the id (a fresh worker process has an empty registry).
-    """
-
-    env_id: str
-    max_steps: int = 0
-    kwargs: dict = dataclasses.field(default_factory=dict)
-
-    def __call__(self) -> gym.Env:
-        namespace = self.env_id.split("/")[0] if "/" in self.env_id else None
-        if namespace and self.env_id not in gym.registry:
-            importlib.import_module("gagpo.envs" if namespace == "gagpo" else namespace)
-        extra = dict(self.kwargs)
-        if self.max_steps:
-            extra["max_episode_steps"] = self.max_steps
-        return gym.make(self.env_id, disable_env_checker=True, **extra)
-
-
 def _worker_main(conn, make_env: Callable[[], gym.Env]) -> None:
     """Serve ``(op, items)`` requests on ``conn``; answer ``(slot, ok, result)`` once per item.
 
@@ -385,7 +373,12 @@ def _worker_main(conn, make_env: Callable[[], gym.Env]) -> None:
                 reply = (slot, True, result)
             except Exception:  # noqa: BLE001 - reported to the parent, which decides
                 reply = (slot, False, traceback.format_exc())
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except (EOFError, OSError):  # the parent is gone
+                return
+            except Exception:  # noqa: BLE001 - e.g. an info value that cannot be pickled
+                conn.send((slot, False, traceback.format_exc()))
     for env in envs.values():
         try:
             env.close()
@@ -522,7 +515,7 @@ class ProcessEnvPool:
             try:
                 self._worker(w).conn.send((op, share))
             except (OSError, ValueError):  # the pipe broke: the worker has died
-                failed[w] = "crashed"
+                failed[w] = f"worker {w} crashed"
                 continue
             pending[w] = deque(slot for slot, _ in share)
             deadline[w] = time.monotonic() + timeout
@@ -545,6 +538,7 @@ class ProcessEnvPool:
                 if not pending[w]:
                     del pending[w], deadline[w]
                 elif w in died:
+                    self._workers[w].process.join(1.0)  # it is exiting: collect its exit code
                     failed[w] = f"worker {w} crashed (exit code {self._workers[w].process.exitcode})"
                     del pending[w], deadline[w]
             now = time.monotonic()
@@ -582,7 +576,11 @@ class ProcessEnvPool:
             if len(done) == len(set(slots)):
                 break
             if attempt == 1:
-                raise RuntimeError(f"reset failed twice: {'; '.join(failed.values())}")
+                raise RuntimeError(
+                    f"reset failed twice: {'; '.join(failed.values())}. A worker that dies on start often "
+                    "could not unpickle make_env: a function defined in a notebook or in `python -c` is "
+                    "not importable in a fresh process (use gagpo.envs.EnvFactory or a function in a module); "
+                    "the worker's traceback went to this process's stderr.")
         for slot in slots:
             self._lost.pop(slot, None)
         return [self._last[slot] for slot in slots]

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,7 +196,7 @@ def pddl_problem(spec: GameSpec, name: str) -> str:
         lines += [f"  (canContain {r}Type {o}Type)" for o in otypes if o in C.VAL_RECEPTACLE_OBJECTS.get(r, ())]
     lines.append(")")
     goal = glib.gdict[spec.task_type]["pddl"].format(obj=spec.target, recep=spec.parent)
-    goal = goal.replace("#", "-")  # alfworld writes "?r # receptacle" and converts '#' to '-'
+    goal = textwrap.dedent(goal.replace("#", "-"))  # alfworld writes "?r # receptacle", then '#' -> '-'
     return "\n".join(lines) + "\n" + goal.strip() + "\n"
 
 
@@ -217,26 +218,34 @@ def traj_data(spec: GameSpec, trial: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
-def _play(game: dict, commands: list[str] | None = None) -> tuple[list[str], list[bool]]:
-    """Play ``game`` (a game.tw-pddl dict) with the engine: the planner's walkthrough when
-    ``commands`` is None, else ``commands``. Returns (commands, won after each command)."""
+def _engine(game: dict, **infos):
+    """A TextWorld PDDL environment with ALFWorld's names, loaded with ``game`` (a game.tw-pddl dict)."""
     import textworld
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
     from textworld.envs.pddl import PddlEnv
 
-    env = AlfredDemangler()(PddlEnv(textworld.EnvInfos(won=True, admissible_commands=True,
-                                                       policy_commands=commands is None)))
+    env = AlfredDemangler()(PddlEnv(textworld.EnvInfos(won=True, admissible_commands=True, **infos)))
     env.load(game)
+    return env
+
+
+def plan(game: dict) -> list[str]:
+    """Fast Downward's plan for ``game`` from its start, as commands."""
+    return list(_engine(game, policy_commands=True).reset()["policy_commands"])
+
+
+def replay(game: dict, commands: list[str]) -> list[bool]:
+    """Play ``commands`` from the start of ``game``; whether the game is won after each one.
+    Raises RuntimeError on a command that is not admissible."""
+    env = _engine(game)
     state = env.reset()
-    if commands is None:
-        commands = list(state["policy_commands"])
     won = []
     for cmd in commands:
         if cmd not in state["admissible_commands"]:
             raise RuntimeError(f"walkthrough command {cmd!r} is not admissible")
         state, _, _ = env.step(cmd)
         won.append(bool(state["won"]))
-    return commands, won
+    return won
 
 
 def write_game(spec: GameSpec, index: int, out_dir: Path) -> Path:
@@ -263,7 +272,8 @@ def write_game(spec: GameSpec, index: int, out_dir: Path) -> Path:
         random.setstate(saved)
     game = {"pddl_domain": domain, "grammar": grammar, "pddl_problem": pddl_problem(spec, trial),
             "solvable": True}
-    walkthrough, won = _play(game)
+    walkthrough = plan(game)
+    won = replay(game, walkthrough)
     if not won or not won[-1] or any(won[:-1]):
         raise RuntimeError(f"{task_dir}: the planner's walkthrough does not win exactly at its end")
     game["walkthrough"] = walkthrough

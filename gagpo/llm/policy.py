@@ -22,8 +22,9 @@ Batch layout. Prompts are *left*-padded to a common width :math:`P` and response
     [pad pad x1 x2 x3 | y1 y2 y3 pad]      attention mask 0 on every pad
     [x1 x2 x3 x4 x5   | y1 pad pad pad]
 
-Position ids count only real tokens (``cumsum(mask) - 1``), so a padded row gets exactly the
-log-probabilities it would get alone. Logits are needed only at the :math:`T` positions that
+Position ids count only real tokens (``cumsum(mask) - 1``), so a padded row gets the
+log-probabilities it would get alone (for rotary embeddings, as in Llama and Qwen, a constant shift
+of positions would not matter anyway; for learned absolute positions it would). Logits are needed only at the :math:`T` positions that
 predict response tokens (``logits_to_keep``); log-probabilities are ``logit - logsumexp(logits)``
 in float32, divided first by the sampling temperature so that they are those of the distribution
 that was actually sampled (top-p truncation is not modelled, as in most RL trainers for LLMs).
@@ -33,7 +34,7 @@ micro-batch, not by the rollout.
 Memory and precision on a GPU (``dtype="auto"``): with LoRA the frozen base weights are bfloat16
 and the adapters float32; full-parameter training keeps float32 master weights (a 1e-6 step vanishes
 in bfloat16's 8-bit mantissa) and runs the forward passes under bfloat16 autocast; the frozen
-reference copy is stored in bfloat16. Gradient checkpointing trades a second forward pass for not
+reference copy has the policy's dtype. Gradient checkpointing trades a second forward pass for not
 storing activations. On a CPU everything is float32.
 """
 from __future__ import annotations
@@ -209,13 +210,15 @@ class LMPolicy:
             micro_batch_size, gen_batch_size, system_prompt: see the class.
             cache_dir: where ``"tiny"`` is cached (default :func:`gagpo.llm.tiny.default_cache_dir`).
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+        tokenizer_class = AutoTokenizer
         if name_or_path in ("tiny", "tiny-random"):
             from .tiny import DEFAULT_FORMAT_STEPS, tiny_model_path
 
             steps = 0 if name_or_path == "tiny-random" else DEFAULT_FORMAT_STEPS
             name_or_path = tiny_model_path(seed=0, format_steps=steps, cache_dir=cache_dir)
+            tokenizer_class = PreTrainedTokenizerFast  # never a model-specific class (see gagpo.llm.tiny)
         dev = _resolve_device(device)
         cuda = dev.type == "cuda"
         if dtype == "auto":
@@ -225,19 +228,22 @@ class LMPolicy:
             weight_dtype, autocast = _DTYPES[dtype], None
         else:
             raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {list(_DTYPES)}")
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = tokenizer_class.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=weight_dtype).to(dev)
         ref = None
         if reference and lora is None:
-            ref = copy.deepcopy(model).to(autocast or weight_dtype).eval()
+            ref = copy.deepcopy(model).eval()  # same dtype as the policy: KL exactly 0 at the start
             ref.requires_grad_(False)
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
             model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                      target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without extra hooks
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # generate() turns the cache on for itself
         model.eval()
         return cls(model, tokenizer, reference_model=ref, autocast_dtype=autocast, micro_batch_size=micro_batch_size,

@@ -14,7 +14,7 @@ Two parts, both saved with ``save_pretrained`` so the usual loaders work with ``
   ``decode(..., skip_special_tokens=True)``); ``<pad>``, ``<s>``, ``<unk>`` and the chat markers
   ``<|system|>``, ``<|user|>``, ``<|assistant|>``, ``<|end|>`` (the end-of-turn and EOS token) are
   special tokens with fixed ids 0–6. Padding is on the left, as batched generation needs. A short
-  chat template wraps messages as ``<s> <|user|> … <|end|> <|assistant|>``.
+  chat template wraps messages as ``<s><|user|> … <|end|> <|assistant|>``.
 * **Model** — a Llama-architecture causal LM (``LlamaConfig``, hidden size 64, 2 layers, 4 heads)
   with random weights from ``seed``. Llama, not Qwen2: with a ``Qwen2Config`` in the folder,
   ``AutoTokenizer`` silently returns a Qwen2 tokenizer with other ids.
@@ -24,8 +24,9 @@ returns in a group being equal, every advantage is zero: RL has nothing to learn
 ``format_steps > 0`` therefore adds a short *format warm-up* (supervised, a few seconds on a CPU): on
 prompts from random MiniHousehold walks, the model learns to answer
 ``<think> i will CMD </think> <action> CMD </action>`` with CMD a uniformly random admissible command.
-The result behaves roughly like a uniform random agent that sometimes breaks the format — the
-starting point of the LLM chapter, where RL must improve both validity and success.
+The result is a poor but trainable agent: on held-out MiniHousehold tasks (history 2, 32 new tokens)
+about a third of its actions are valid, half name a command that is not admissible here, and one in
+seven breaks the format — a starting point where RL must improve both validity and success.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Iterator
 
@@ -58,7 +60,7 @@ CHAT_TEMPLATE = (
 
 TINY_MODEL_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                         num_key_value_heads=2, max_position_embeddings=4096)
-"""Shape of the tiny Llama (about 60k parameters with a ~500-word vocabulary)."""
+"""Shape of the tiny Llama (about 97k parameters with its ~360-word vocabulary, embeddings tied)."""
 
 # ALFWorld's vocabulary (ALFRED class names as the game prints them), so that the same tokenizer
 # reads ALFWorld observations without unknown words.
@@ -83,12 +85,17 @@ _ALFWORLD_TEXT = (
     "go to take from put in on move open close toggle clean heat cool slice use examine look inventory help "
     "you are in the middle of a room looking quickly around you see nothing happens arrive at pick up the "
     "is it closed turn some two hot cool clean sliced your task is to find and then with under light "
-    "carrying not anything there here this that into onto which what where"
+    "carrying not anything there here this that into onto which what where welcome textworld alfred -= =- "
+    "facing using off won lost no"
 )
 _PUNCTUATION = ". , : ; ! ? ( ) [ ] ' \" - _ / * = + < > | #"
-_FORMAT_THOUGHT = "i will"
-DEFAULT_FORMAT_STEPS = 60
-"""Format warm-up steps of the cached ``"tiny"`` model."""  # the warm-up's thought: "<think> i will CMD </think>"
+_FORMAT_THOUGHT = "i will"  # the warm-up's thought: "<think> i will CMD </think>"
+DEFAULT_FORMAT_STEPS = 150
+"""Format warm-up steps of the cached ``"tiny"`` model."""
+FORMAT_CONTEXT = 128
+"""The warm-up trains on the last this-many prompt tokens only (the admissible list and the
+instruction): four times cheaper than whole prompts, and RoPE's relative positions carry the
+skill over to full prompts."""
 
 
 def default_cache_dir() -> str:
@@ -160,14 +167,20 @@ def tiny_config(tokenizer):
 
 
 def _fingerprint(tokenizer, seed: int, format_steps: int) -> str:
+    """Hash of everything the built model depends on: vocabulary, sizes, settings and the source of
+    this module and of the prompt templates (the warm-up trains on rendered prompts)."""
+    from . import prompts
+
+    sources = [open(mod.__file__, encoding="utf-8").read() for mod in (sys.modules[__name__], prompts)]
     blob = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()), "sizes": TINY_MODEL_SIZES, "seed": seed,
-                       "format_steps": format_steps, "template": CHAT_TEMPLATE, "version": 1}, sort_keys=True)
+                       "format_steps": format_steps, "sources": sources}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------------------- model
-def _format_examples(tokenizer, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) for the format warm-up: prompts with 2 history pairs, random answers."""
+def _format_examples(tokenizer, n: int, seed: int, context: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) for the format warm-up: the last ``context`` tokens of prompts with
+    up to 2 history pairs from random MiniHousehold walks, and a random admissible answer."""
     from .prompts import build_prompt, render_prompt
 
     rng = np.random.default_rng([seed, 7])
@@ -179,19 +192,21 @@ def _format_examples(tokenizer, n: int, seed: int) -> list[tuple[list[int], list
         command = admissible[int(rng.integers(len(admissible)))]
         prompt = render_prompt(tokenizer, build_prompt(task, obs, admissible, history[-2:], len(history)))
         response = f"<think> {_FORMAT_THOUGHT} {command} </think> <action> {command} </action>"
-        examples.append((tokenizer(prompt, add_special_tokens=False)["input_ids"],
+        examples.append((tokenizer(prompt, add_special_tokens=False)["input_ids"][-context:],
                          tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]))
         history.append((obs, command))
-    order = rng.permutation(len(examples))
-    return [examples[i] for i in order[:n]] if n <= len(examples) else [examples[i % len(examples)] for i in range(n)]
+    return [examples[i] for i in rng.integers(len(examples), size=n)]
 
 
-def _format_warmup(model, tokenizer, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3) -> list[float]:
-    """Supervised steps on format examples (loss on the response tokens only); returns the losses."""
+def _format_warmup(model, tokenizer, steps: int, seed: int, batch_size: int = 16, lr: float = 3e-3,
+                   context: int = FORMAT_CONTEXT) -> list[float]:
+    """Supervised steps on format examples (loss on the response tokens only, learning rate decaying
+    linearly to 0); returns the losses."""
     import torch
 
-    examples = _format_examples(tokenizer, steps * batch_size, seed)
+    examples = _format_examples(tokenizer, steps * batch_size, seed, context)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 - k / steps)
     model.train()
     losses = []
     for k in range(steps):
@@ -210,6 +225,7 @@ def _format_warmup(model, tokenizer, steps: int, seed: int, batch_size: int = 16
         opt.zero_grad()
         loss.backward()
         opt.step()
+        sched.step()
         losses.append(loss.item())
     model.eval()
     return losses
@@ -221,7 +237,7 @@ def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0) -> str:
     Args:
         out_dir: folder to write (created; existing files of the same names are overwritten).
         seed: seed of the random initial weights (and of the warm-up data).
-        format_steps: supervised format warm-up steps (batch 16; about 0.1 s each on a CPU); 0 keeps
+        format_steps: supervised format warm-up steps (batch 16; about 0.05 s each on a CPU); 0 keeps
             the random weights.
 
     The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and the

@@ -1,0 +1,223 @@
+"""Group rollouts with a language-model policy: the LLM counterpart of :func:`gagpo.rollout.collect`.
+
+``collect_lm(pool, policy, task_seeds, group_size, ...)`` runs ``len(task_seeds) × group_size``
+episodes in lockstep — one batched ``generate`` call per time step for every episode still running —
+and returns an :class:`LMRollout`: the same :class:`~gagpo.batch.StepBatch` as the toy rollouts (one
+row per decision, ``obs_key`` = the raw observation text, so anchor states form exactly as they do
+there) plus, per row, the prompt and response token ids and their log-probabilities under the
+policy that sampled them.
+
+One step of one episode:
+
+1. the prompt is built from the task, the current observation, the last ``history`` (observation,
+   action) pairs and the admissible actions (:mod:`gagpo.llm.prompts`);
+2. the model samples a response; :func:`gagpo.llm.parsing.parse_action` reads its last
+   ``<action>…</action>``;
+3. a valid action is sent to the environment in the environment's own spelling. An *invalid* one —
+   tags missing, or a command that is not admissible — is penalised: ``invalid_penalty`` is
+   subtracted from that step's reward, and the environment receives a no-op (the inadmissible
+   command itself, or :data:`NO_ACTION` when there was none; the toy environments and ALFWorld
+   answer both with "Nothing happens"-style no-ops). The episode goes on; nothing raises.
+
+Environments follow the ``toy_envs`` protocol: text observations, ``info["admissible_actions"]``,
+``info["won"]`` at the end, optionally ``info["task"]`` (else the task is read from the observation's
+"Your task is to: …" line). Keep the environment's own ``invalid_penalty`` at 0, or invalid actions
+are penalised twice.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..batch import StepBatch
+from ..rollout import EnvPool, Rollout
+from .parsing import parse_action
+from .policy import LMPolicy, SamplingSettings
+from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, extract_task
+
+__all__ = ["LMRollout", "collect_lm", "NO_ACTION"]
+
+NO_ACTION = "<no action>"
+"""Sent to the environment when a response holds no action at all (no environment admits it)."""
+
+
+@dataclass
+class LMRollout(Rollout):
+    """A :class:`~gagpo.rollout.Rollout` whose actions are generated text; extra per-row fields.
+
+    Inherited fields keep their meaning with two LLM specifics: ``actions`` is the index of the chosen
+    command in ``admissible[i]`` or -1 for an invalid action, and ``logp`` is the log-probability of
+    the whole response (the sum of ``token_logp[i]``; 0 when ``compute_logp=False``). ``invalid``
+    marks invalid actions (rewards already include the penalty); ``traj_return`` sums the penalised
+    rewards.
+    """
+
+    prompts: list[str]                 # (N,) rendered prompt strings
+    responses: list[str]               # (N,) decoded responses
+    prompt_ids: list[list[int]]        # (N,) prompt token ids
+    response_ids: list[list[int]]      # (N,) response token ids (up to and including EOS)
+    commands: list[str]                # (N,) what the environment received
+    parse_reason: list[str]            # (N,) "ok" or why the action was invalid
+    finished: np.ndarray               # (N,) bool: the response ended with EOS (not cut by the length limit)
+    token_logp: list[np.ndarray]       # (N,) per-token log π_old of each response (float32), or empty
+    generated_tokens: int = 0
+    generation_time: float = 0.0       # seconds inside generate()
+    scoring_time: float = 0.0          # seconds scoring log π_old
+    dropped_history: int = 0           # prompts that lost history pairs to fit max_prompt_tokens
+
+    @property
+    def invalid_rate(self) -> float:
+        return float(self.invalid.mean()) if len(self.invalid) else 0.0
+
+    @property
+    def format_error_rate(self) -> float:
+        """Fraction of responses without a usable ``<action>…</action>`` (a subset of the invalid ones)."""
+        if not self.parse_reason:
+            return 0.0
+        return float(np.mean([r not in ("ok", "not admissible") for r in self.parse_reason]))
+
+
+def collect_lm(
+    pool: EnvPool,
+    policy: LMPolicy,
+    task_seeds: Sequence[int],
+    group_size: int,
+    history: int = 2,
+    sampling: SamplingSettings | None = None,
+    invalid_penalty: float = 0.1,
+    *,
+    seed: int | None = None,
+    compute_logp: bool = True,
+    template: PromptTemplate = DEFAULT_TEMPLATE,
+    max_prompt_tokens: int = 0,
+    require_think: bool = False,
+) -> LMRollout:
+    """Run ``group_size`` episodes from each task seed with a language-model policy.
+
+    Args:
+        pool: the environments (``reset_many`` / ``step_many``, see :class:`gagpo.rollout.EnvPool`).
+        policy: the LM policy.
+        task_seeds: one task seed per rollout group; group k holds the episodes of ``task_seeds[k]``.
+        group_size: episodes per group (G).
+        history: (observation, action) pairs of the past shown in each prompt (K ≥ 0).
+        sampling: sampling settings (:class:`SamplingSettings`; ``greedy=True`` for evaluation).
+        invalid_penalty: subtracted from the reward of every invalid action (≥ 0).
+        seed: seeds the sampling of time step t with ``seed + 1000 * t`` (reproducible on a CPU).
+        compute_logp: score every response under the sampling policy afterwards (``token_logp``,
+            ``logp``); switch off for evaluation.
+        template: the prompt wording.
+        max_prompt_tokens: if > 0, drop history pairs (oldest first) from a prompt longer than this.
+        require_think: also demand ``<think>…</think>`` for a valid action.
+
+    Returns:
+        An :class:`LMRollout`.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1; got {group_size}")
+    if history < 0:
+        raise ValueError(f"history must be >= 0; got {history}")
+    if invalid_penalty < 0:
+        raise ValueError(f"invalid_penalty must be >= 0; got {invalid_penalty}")
+    sampling = sampling or SamplingSettings()
+    n = len(task_seeds) * group_size
+    group_of = np.repeat(np.arange(len(task_seeds)), group_size)
+    task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
+    obs: list[str] = [""] * n
+    adm: list[list[str]] = [[] for _ in range(n)]
+    task: list[str] = [""] * n
+    past: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+    for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
+        obs[i], adm[i] = o, list(info["admissible_actions"])
+        task[i] = info.get("task") or extract_task(o)
+    rows: dict[str, list] = {k: [] for k in (
+        "traj", "step", "obs", "next_obs", "adm", "action", "reward", "terminated", "truncated", "invalid",
+        "prompt", "response", "prompt_ids", "response_ids", "command", "reason", "finished")}
+    won = np.zeros(n, dtype=bool)
+    ret = np.zeros(n)
+    steps = np.zeros(n, dtype=np.int64)
+    active = list(range(n))
+    gen_time, dropped, t = 0.0, 0, 0
+    while active:
+        prompts, prompt_ids = [], []
+        for i in active:
+            k = min(history, len(past[i]))
+            while True:
+                text = policy.render(build_prompt(task[i], obs[i], adm[i], past[i][len(past[i]) - k:] if k else [],
+                                                  len(past[i]), template))
+                ids = policy.encode_prompts([text])[0]
+                if not max_prompt_tokens or len(ids) <= max_prompt_tokens or k == 0:
+                    break
+                k -= 1
+            dropped += k < min(history, len(past[i]))
+            prompts.append(text)
+            prompt_ids.append(ids)
+        t0 = time.perf_counter()
+        gen = policy.generate(prompt_ids, sampling, seed=None if seed is None else seed + 1000 * t)
+        gen_time += time.perf_counter() - t0
+        parsed = [parse_action(text, adm[i], require_think=require_think) for text, i in zip(gen.texts, active)]
+        commands = [p.command if p.valid else (p.command or NO_ACTION) for p in parsed]
+        results = pool.step_many(active, commands)
+        still = []
+        for j, i in enumerate(active):
+            p = parsed[j]
+            next_obs, reward, terminated, truncated, info = results[j]
+            bad = (not p.valid) or bool(info.get("invalid_action", False))
+            reward = float(reward) - (invalid_penalty if bad else 0.0)
+            rows["traj"].append(i)
+            rows["step"].append(steps[i])
+            rows["obs"].append(obs[i])
+            rows["next_obs"].append(next_obs)
+            rows["adm"].append(adm[i])
+            rows["action"].append(adm[i].index(p.command) if p.valid else -1)
+            rows["reward"].append(reward)
+            rows["terminated"].append(bool(terminated))
+            rows["truncated"].append(bool(truncated) and not terminated)
+            rows["invalid"].append(bad)
+            rows["prompt"].append(prompts[j])
+            rows["response"].append(gen.texts[j])
+            rows["prompt_ids"].append(gen.prompt_ids[j])
+            rows["response_ids"].append(gen.response_ids[j])
+            rows["command"].append(commands[j])
+            rows["reason"].append(p.reason)
+            rows["finished"].append(gen.finished[j])
+            steps[i] += 1
+            ret[i] += reward
+            past[i].append((obs[i], commands[j]))
+            if terminated or truncated:
+                won[i] = bool(info.get("won", False))
+            else:
+                obs[i], adm[i] = next_obs, list(info["admissible_actions"])
+                still.append(i)
+        active = still
+        t += 1
+    token_logp: list[np.ndarray] = []
+    seq_logp = np.zeros(len(rows["traj"]))
+    t0 = time.perf_counter()
+    if compute_logp and rows["traj"]:
+        with torch.no_grad():
+            lp, mask = policy.token_logprobs(rows["prompt_ids"], rows["response_ids"], temperature=sampling.temperature)
+        lp, mask = lp.float().cpu().numpy(), mask.cpu().numpy()
+        token_logp = [lp[r, mask[r]].copy() for r in range(len(lp))]
+        seq_logp = np.asarray([x.sum(dtype=np.float64) for x in token_logp])
+    score_time = time.perf_counter() - t0
+    traj = np.asarray(rows["traj"], dtype=np.int64)
+    batch = StepBatch(
+        group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
+        obs_key=rows["obs"], next_obs_key=rows["next_obs"], reward=rows["reward"],
+        terminated=rows["terminated"], truncated=rows["truncated"],
+    )
+    return LMRollout(
+        batch=batch, observations=rows["obs"], next_observations=rows["next_obs"], admissible=rows["adm"],
+        actions=np.asarray(rows["action"], dtype=np.int64), logp=seq_logp,
+        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=ret, traj_length=steps,
+        traj_won=won, traj_task=task_of,
+        prompts=rows["prompt"], responses=rows["response"], prompt_ids=rows["prompt_ids"],
+        response_ids=rows["response_ids"], commands=rows["command"], parse_reason=rows["reason"],
+        finished=np.asarray(rows["finished"], dtype=bool), token_logp=token_logp,
+        generated_tokens=sum(len(r) for r in rows["response_ids"]), generation_time=gen_time,
+        scoring_time=score_time, dropped_history=dropped,
+    )

@@ -22,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,headline,bench}")
 
     p_train = sub.add_parser("train", help="train one algorithm with one seed",
-                             description="Train one run. Metrics go to <out-dir>/metrics.{csv,jsonl}; checkpoints to <out-dir>/checkpoint.pt.",
+                             description="Train one run of a toy-chapter policy. Metrics go to <out-dir>/metrics.{csv,jsonl}; checkpoints to "
+                                         "<out-dir>/checkpoint.pt. With --model NAME the run trains a language-model policy instead: "
+                                         "see `python -m gagpo train --model tiny --help`.",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(p_train, TrainConfig)
 
@@ -73,7 +75,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENV_ALIASES = {"alfworld": "gagpo/ALFWorld-v0", "keydoor": "toy_envs/KeyDoor-v0", "household": "toy_envs/MiniHousehold-v0"}
+
+
+def build_lm_parser() -> argparse.ArgumentParser:
+    """``python -m gagpo train --model NAME ...``: a language-model policy (gagpo.llm.train.LMTrainConfig)."""
+    from .llm.train import LMTrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gagpo train --model NAME",
+        description="Train a Hugging Face causal LM (or --model tiny, the offline tiny model) as a text agent. "
+                    f"--env accepts a gymnasium id or one of the aliases {sorted(ENV_ALIASES)}.",
+    )
+    add_dataclass_arguments(parser, LMTrainConfig)
+    return parser
+
+
+def train_lm_main(argv: list[str]) -> int:
+    from .llm.train import LMTrainConfig, train_lm
+
+    args = build_lm_parser().parse_args(argv)
+    args.env = ENV_ALIASES.get(args.env, args.env)
+    try:
+        cfg = dataclass_from_args(LMTrainConfig, args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    history = train_lm(cfg)
+    last = history[-1] if history else {}
+    print(json.dumps({k: last[k] for k in ("iteration", "env_steps", "success", "invalid_rate", "eval_success") if k in last}))
+    print(f"metrics and checkpoint in {cfg.run_dir()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and any(a == "--model" or a.startswith("--model=") for a in argv[1:]):
+        return train_lm_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
         try:

@@ -133,7 +133,7 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
              figures_dir: str | None = None, algos: Sequence[str] = HEADLINE_ALGOS) -> list[dict[str, Any]]:
     """Train every algorithm of ``algos`` on KeyDoor for each seed, then write
     ``figures/headline_keydoor.{png,csv,md}`` and print the results table."""
-    from .plotting import FIGURES_DIR, learning_curves, save, use_style
+    from .plotting import FIGURES_DIR
 
     figures_dir = figures_dir or FIGURES_DIR
     configs = [headline_config(a, s, quick) for a in algos for s in seeds]
@@ -145,12 +145,7 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
 
     write_csv(rows, os.path.join(figures_dir, "headline_keydoor.csv"))
     random_success = random_policy_success(configs[0])
-    curves = {a: [_eval_curve([r for r in rows if r["algo"] == a and r["seed"] == s]) for s in seeds] for a in algos}
-    plt = use_style()
-    fig, ax = plt.subplots()
-    learning_curves(curves, title="KeyDoor: held-out success (greedy) vs environment steps", ax=ax, random_baseline=random_success)
-    path = save(fig, "headline_keydoor", figures_dir)
-    plt.close(fig)
+    path = headline_figure(rows, algos, seeds, random_success, figures_dir)
     table = headline_table(rows, algos, seeds, random_success)
     with open(os.path.join(figures_dir, "headline_keydoor.md"), "w") as fh:
         fh.write(table + f"\n\nProduced by `python -m gagpo headline{' --quick' if quick else ''}` in {elapsed / 60:.1f} min "
@@ -160,12 +155,25 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
     return rows
 
 
+def headline_figure(rows: list[dict[str, Any]], algos: Sequence[str], seeds: Sequence[int], random_success: float,
+                    figures_dir: str) -> str:
+    """Draw ``headline_keydoor.png`` from the per-iteration rows (e.g. re-read from the CSV)."""
+    from .plotting import learning_curves, save, use_style
+
+    curves = {a: [_eval_curve([r for r in rows if r["algo"] == a and int(r["seed"]) == s]) for s in seeds] for a in algos}
+    plt = use_style()
+    fig, ax = plt.subplots()
+    learning_curves(curves, title="KeyDoor: held-out success (greedy) vs environment steps", ax=ax, random_baseline=random_success)
+    path = save(fig, "headline_keydoor", figures_dir)
+    plt.close(fig)
+    return path
+
+
 def _eval_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(0.0, np.nan)] + [(r["env_steps"], r["eval_success"]) for r in rows if "eval_success" in r and r["eval_success"] == r["eval_success"]]
-    x = np.array([p[0] for p in pts], dtype=float)
-    y = np.array([p[1] for p in pts], dtype=float)
-    y[0] = y[1] if len(y) > 1 else 0.0  # no evaluation before training: start the curve at the first measurement
-    return x, y
+    """``(env_steps, eval_success)`` at each evaluation (the curve starts at the first evaluation)."""
+    pts = [(float(r["env_steps"]), float(r["eval_success"])) for r in rows
+           if r.get("eval_success") not in (None, "") and float(r["eval_success"]) == float(r["eval_success"])]
+    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
 def random_policy_success(cfg: TrainConfig, episodes: int | None = None) -> float:

@@ -56,19 +56,21 @@ def learning_curves(
 ):
     """Median across seeds with the min–max band, one line per algorithm.
 
-    ``curves[algo]`` is a list of ``(x, y)`` per seed; seeds are interpolated onto a common x grid.
+    ``curves[algo]`` is a list of ``(x, y)`` per seed; seeds are interpolated onto a grid over the x
+    range every seed covers (a curve starts at its first measurement, not at 0).
     """
     plt = use_style()
     if ax is None:
         _, ax = plt.subplots()
     for algo, runs in curves.items():
-        x_max = min(float(np.max(x)) for x, _ in runs)
-        grid = np.linspace(0, x_max, 100)
+        # the common x range of every run: no extrapolation before a run's first point or after its last
+        x_min, x_max = max(float(np.min(x)) for x, _ in runs), min(float(np.max(x)) for x, _ in runs)
+        grid = np.linspace(x_min, x_max, 100)
         ys = np.stack([np.interp(grid, x, y) for x, y in runs])
         (line,) = ax.plot(grid, np.median(ys, axis=0), color=ALGO_COLORS.get(algo), label=f"{algo} (median of {len(runs)})")
         ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=line.get_color(), alpha=0.15, linewidth=0)
     if random_baseline is not None:
-        ax.axhline(random_baseline, color="k", linestyle=":", linewidth=1, label="random policy")
+        ax.axhline(random_baseline, color="k", linestyle=":", linewidth=1, label="uniform random policy")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:

@@ -20,3 +20,13 @@ def test_band_has_the_colour_of_its_line(tmp_path):
     path = save(fig, "curves", str(tmp_path))
     assert path.endswith("curves.png")
     plt.close(fig)
+
+
+def test_curves_cover_only_the_common_range():
+    plt = use_style()
+    fig, ax = plt.subplots()
+    runs = [(np.array([100.0, 200, 300]), np.array([0.1, 0.5, 0.9])), (np.array([150.0, 250, 400]), np.array([0.2, 0.4, 0.6]))]
+    learning_curves({"gagpo": runs}, ax=ax)
+    x = ax.get_lines()[0].get_xdata()
+    assert x[0] == 150 and x[-1] == 300
+    plt.close(fig)

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_cr.add_argument("--quick", action="store_true", help="the quick profile (smaller task and budget, fewer seeds; a few minutes)")
     p_cr.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
     p_cr.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
+    p_cr.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
+    p_cr.add_argument("--group-size", type=int, default=None,
+                      help="replace the profile's group size G, keeping the episodes per iteration (tasks = episodes / G)")
     _common_bench_args(p_cr)
     p_ab = bsub.add_parser("ablations", help="GAGPO ablations: lambda, gamma, group size, normalisation, anchor matching",
                            description="GAGPO on the KeyDoor profile with one setting changed at a time (5 seeds; --quick: 2 seeds, "
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_ab.add_argument("--quick", action="store_true", help="the quick profile")
     p_ab.add_argument("--only", nargs="+", default=None, help="run only these ablations (lam gamma group_size norm anchors)")
     p_ab.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
+    p_ab.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     _common_bench_args(p_ab)
     p_px = bsub.add_parser("proxy", help="the grouped value proxy against exact dynamic programming",
                            description="Train GAGPO on a small KeyDoor, then compare the grouped value proxy and the GRPO/GiGPO/GAGPO "
@@ -141,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 
         for env in (ENVS if args.env == "all" else (args.env,)):
             credit(env, quick=args.quick, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
-                   figures_dir=args.figures_dir, command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   figures_dir=args.figures_dir, report_only=args.report_only, group_size=args.group_size,
+                   command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
     if args.command == "bench" and args.bench == "ablations":
         from .credit import ablations
 
         ablations(quick=args.quick, workers=args.workers, names=args.only, seeds=args.seeds, root=args.root,
-                  figures_dir=args.figures_dir, command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
+                  figures_dir=args.figures_dir, report_only=args.report_only, command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
     if args.command == "bench" and args.bench == "proxy":
         from .proxy_study import proxy_study

@@ -130,9 +130,10 @@ def near_duplicate_keys(
 
     Per rollout group, every distinct key that occurs as an ``obs_key`` or a ``next_obs_key`` is
     clustered by :func:`leader_clusters` on the Jaccard similarity of its :func:`shingles`; keys are
-    visited by decreasing number of visits as ``obs_key`` (ties: first appearance; keys seen only
-    as a next observation come last). Each key is replaced by its leader's key. Identical keys
-    always stay together; keys of different groups are never merged.
+    visited by decreasing number of visits as ``obs_key`` (ties broken by the text, so the result
+    does not depend on the row order; keys seen only as a next observation come last). Each key is
+    replaced by its leader's key. Identical keys always stay together; keys of different groups are
+    never merged.
     """
     threshold = float(threshold)
     if not 0.0 <= threshold <= 1.0:
@@ -151,7 +152,8 @@ def near_duplicate_keys(
         keys = np.concatenate([batch.obs_key[rows], batch.next_obs_key[rows]])
         codes, uniques = factorize(keys)
         visits = np.bincount(codes[: len(rows)], minlength=len(uniques))
-        order = np.lexsort((np.arange(len(uniques)), -visits))  # most visited first, then first seen
+        text_rank = np.argsort(np.argsort(np.asarray([str(k) for k in uniques], dtype=object)))
+        order = np.lexsort((text_rank, -visits))  # most visited first, ties by text: independent of row order
         sets = [shingle_cache.setdefault(k, shingles(k, n, bucket_numbers)) for k in uniques]
         labels = leader_clusters(jaccard_matrix(sets), order, threshold)
         leader_key = np.empty(len(uniques), dtype=object)

@@ -6,7 +6,7 @@ Three layers, each usable on its own (chapter 7 walks through them):
    also of whole curves), :func:`steps_to_threshold`, :func:`eval_curve`, :func:`curves_on_grid`,
    :func:`run_summary` (final success, area under the curve, smoothness).
 2. **Harness**: a :class:`Profile` fixes the environment, the environment-step budget, group size,
-   tasks per iteration, evaluation and seeds; :func:`profile_configs` turns it into one
+   tasks per iteration, evaluation and seeds; :meth:`Profile.config` turns it into one
    :class:`~gagpo.config.TrainConfig` per (algorithm or variant, seed) with a fixed run directory
    ``runs/credit/<profile>/<name>-seed<k>``; :func:`run_configs` trains them in worker processes
    with a progress bar, *skips* runs whose ``metrics.jsonl`` is complete and *resumes* interrupted
@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -35,6 +36,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .config import ALGOS, TrainConfig
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed trapz
 
 # ====================================================================== statistics
 def bootstrap_ci(
@@ -147,7 +150,7 @@ def run_summary(history: Sequence[Mapping[str, Any]], thresholds: Sequence[float
     x, y = eval_curve(history)
     out: dict[str, float] = {
         "final_success": float(y[-final_evals:].mean()) if len(y) else float("nan"),
-        "auc_success": float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else (float(y[0]) if len(y) else float("nan")),
+        "auc_success": float(_trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else (float(y[0]) if len(y) else float("nan")),
         "env_steps": float(history[-1]["env_steps"]) if history else 0.0,
         "iterations": float(history[-1]["iteration"]) if history else 0.0,
     }
@@ -208,12 +211,14 @@ PROFILES: dict[tuple[str, str], Profile] = {
         label="KeyDoor 7x7 (step limit 60)",
     ),
     ("keydoor", "quick"): Profile(
-        "keydoor-quick", "toy_envs/KeyDoor-v0", {"size": 5}, max_steps=30, env_step_budget=60_000, seeds=(0, 1, 2),
+        "keydoor-quick", "toy_envs/KeyDoor-v0", {"size": 5}, max_steps=30, env_step_budget=100_000, seeds=(0, 1, 2),
         eval_every=5, label="KeyDoor 5x5 (step limit 30)",
     ),
+    # MiniHousehold: one iteration costs ~1 CPU-second (long observations) and a probe GAGPO run at the
+    # defaults was still at 2-16% training success after 280k env steps, so its profiles are small.
     ("household", "full"): Profile(
-        "household-full", "toy_envs/MiniHousehold-v0", {}, env_step_budget=200_000, seeds=tuple(range(10)),
-        label="MiniHousehold (step limit 30)",
+        "household-full", "toy_envs/MiniHousehold-v0", {}, env_step_budget=150_000, seeds=tuple(range(5)),
+        algos=("grpo", "gigpo", "gagpo"), label="MiniHousehold (step limit 30)",
     ),
     ("household", "quick"): Profile(
         "household-quick", "toy_envs/MiniHousehold-v0", {}, env_step_budget=30_000, seeds=(0, 1),
@@ -270,21 +275,125 @@ def finished_history(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     return None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _acquire_run_lock(run_dir: str, poll_s: float = 5.0) -> str | None:
+    """Take ``<run_dir>/run.lock`` (holding this process id). If another live process holds it —
+    two benchmark invocations sharing a run, e.g. the ablations' default variant and the
+    head-to-head's GAGPO — wait until it is released and return None; a lock left by a dead
+    process is taken over."""
+    os.makedirs(run_dir, exist_ok=True)
+    lock = os.path.join(run_dir, "run.lock")
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(lock) as fh:
+                    pid = int(fh.read().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid) and pid != os.getpid():
+                waited = True
+                time.sleep(poll_s)
+                continue
+            try:
+                os.remove(lock)  # stale: its process is gone
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        if waited:
+            os.remove(lock)
+            return None
+        return lock
+
+
 def _train_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
+    """Train one run (under a run-directory lock) and append its wall and CPU seconds to
+    ``<run_dir>/timing.jsonl`` (one line per invocation, so a resumed run adds a line)."""
     from .trainer import train
 
-    return train(TrainConfig(**cfg_dict))
+    cfg = TrainConfig(**cfg_dict)
+    while True:
+        lock = _acquire_run_lock(cfg.run_dir())
+        if lock is not None:
+            break
+        done = finished_history(cfg)  # another process trained it meanwhile
+        if done is not None:
+            return done
+    try:
+        t0, c0 = time.time(), time.process_time()
+        history = train(cfg)
+        with open(os.path.join(cfg.run_dir(), "timing.jsonl"), "a") as fh:
+            fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
+                                 "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    finally:
+        os.remove(lock)
+    return history
 
 
-def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs", progress: bool = True) -> list[list[dict[str, Any]]]:
+def training_time(configs: Sequence[TrainConfig]) -> dict[str, float]:
+    """Summed ``wall_s`` and ``cpu_s`` over the ``timing.jsonl`` files of ``configs``' run directories
+    (the cost of producing the runs, however many invocations it took), the number of runs timed,
+    and the elapsed time from the earliest start to the latest finish (``span_s``)."""
+    wall = cpu = 0.0
+    timed = 0
+    starts, ends = [], []
+    for c in configs:
+        path = os.path.join(c.run_dir(), "timing.jsonl")
+        if not os.path.exists(path):
+            continue
+        timed += 1
+        with open(path) as fh:
+            for line in fh:
+                if line.strip():
+                    rec = json.loads(line)
+                    wall += rec["wall_s"]
+                    cpu += rec["cpu_s"]
+                    end = time.mktime(time.strptime(rec["date"], "%Y-%m-%d %H:%M"))
+                    starts.append(end - rec["wall_s"])
+                    ends.append(end)
+    span = (max(ends) - min(starts)) if ends else 0.0
+    first = time.strftime("%Y-%m-%d %H:%M", time.localtime(min(starts))) if starts else ""
+    return {"wall_s": wall, "cpu_s": cpu, "runs_timed": timed, "runs": len(configs), "span_s": span, "first_start": first}
+
+
+def _cost_text(configs: Sequence[TrainConfig], elapsed: float, workers: int) -> str:
+    t = training_time(configs)
+    text = (f"wall time of this invocation {_wall(elapsed)} on {os.cpu_count()} CPU cores with {workers} worker processes "
+            "(runs finished earlier are loaded, not retrained)")
+    if t["runs_timed"]:
+        text += (f"; producing the {t['runs_timed']}/{t['runs']} timed runs took {t['cpu_s'] / 60:.0f} CPU-minutes "
+                 f"(≈ {t['cpu_s'] / 60 / max(workers, 1):.0f} min of wall time on {workers} otherwise idle cores) and "
+                 f"{t['wall_s'] / 60:.0f} process-minutes of wall time; from the first start ({t['first_start']}) to the last "
+                 f"finish {t['span_s'] / 60:.0f} min passed (minute resolution; the machine's 2 cores were shared with other jobs)")
+    return text
+
+
+def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs", progress: bool = True,
+                train: bool = True) -> list[list[dict[str, Any]] | None]:
     """Train every configuration not finished yet, ``workers`` processes at a time; return all histories.
 
     Finished runs (see :func:`finished_history`) are loaded, not retrained; interrupted ones resume
     from their last checkpoint (``resume=True``) and replay exactly what an uninterrupted run
-    would have done. ``workers <= 1`` trains in this process.
+    would have done. ``workers <= 1`` trains in this process. ``train=False`` trains nothing and
+    returns None for every run not finished yet (a report of partial results).
     """
     results: list[Any] = [finished_history(c) for c in configs]
     todo = [i for i, r in enumerate(results) if r is None]
+    if not train:
+        return results
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -297,7 +406,8 @@ def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "r
                 if bar is not None:
                     bar.update(1)
         elif todo:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
+            # "spawn": fresh interpreters, safe to start from a notebook kernel (forking a process with threads is not)
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
                 futures = {ex.submit(_train_one, dataclasses.asdict(configs[i])): i for i in todo}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
@@ -309,6 +419,13 @@ def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "r
         if bar is not None:
             bar.close()
     return results
+
+
+def _finished_only(configs: Sequence[TrainConfig], histories: Sequence[Any]) -> tuple[list[TrainConfig], list[Any]]:
+    keep = [i for i, h in enumerate(histories) if h is not None]
+    if not keep:
+        raise ValueError("no finished runs to report; run without --report-only first")
+    return [configs[i] for i in keep], [histories[i] for i in keep]
 
 
 # ====================================================================== tidy tables
@@ -421,6 +538,7 @@ def plot_curves(ax, runs: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], c
     if threshold is not None:
         ax.axhline(threshold, color="k", linestyle="--", linewidth=0.8, alpha=0.6)
     ax.set_xlabel("environment steps")
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1000:.0f}k")
     ax.set_ylabel("held-out success (greedy)")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8, loc="upper left")
@@ -445,7 +563,7 @@ def plot_steps_to(ax, summary: Mapping[str, Mapping[str, Any]], key: str = "step
             ax.bar(i, est, color=color, alpha=0.85)
         else:
             ax.bar(i, budget, color="none", edgecolor=color, hatch="//", linewidth=1.2)
-            ax.text(i, budget / 2, "median:\nnot reached", ha="center", va="center", fontsize=7, backgroundcolor="white")
+            ax.text(i, budget / 2, "median:\nnot\nreached", ha="center", va="center", fontsize=7, backgroundcolor="white")
         if np.isfinite(lo):
             top = hi if np.isfinite(hi) else budget
             ax.plot([i, i], [lo, top], color="k", linewidth=1.2)
@@ -457,8 +575,9 @@ def plot_steps_to(ax, summary: Mapping[str, Mapping[str, Any]], key: str = "step
         n = summary[name]["n_seeds"]
         ax.text(i, budget * 1.07, f"{summary[name][reached_key]}/{n}", ha="center", va="bottom", fontsize=8)
     ax.axhline(budget, color="k", linestyle=":", linewidth=0.8)
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylim(0, budget * 1.18)
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v / 1000:.0f}k")
     ax.set_ylabel("environment steps")
 
 
@@ -518,8 +637,10 @@ def target_verdict(summary: Mapping[str, Mapping[str, Any]], threshold_key: str 
         out.append(f"- GAGPO / GRPO env steps to {pct}% (ratio of medians): {r:.2f} [{lo:.2f}, {hi:.2f}] — target ≤ 0.6: **{verdict}**"
                    + (" (but the interval reaches above 0.6)" if verdict == "met" and hi > 0.6 else ""))
     else:
+        bound = med["gagpo"] / budget
+        verdict = "**met** (censored: GRPO's steps exceed the budget)" if bound <= 0.6 else "**undetermined** (censored: GRPO would have to need ≥ {:,.0f} steps)".format(med["gagpo"] / 0.6)
         out.append(f"- GRPO's median run did not reach {pct}% within {budget:,.0f} env steps while GAGPO's did at "
-                   f"{med['gagpo']:,.0f}: the ratio is at most {med['gagpo'] / budget:.2f} — target ≤ 0.6: **met** (censored)")
+                   f"{med['gagpo']:,.0f}: the ratio is below {bound:.2f} — target ≤ 0.6: {verdict}")
     if np.isfinite(med["gigpo"]):
         r2, lo2, hi2 = ratio_ci(per["gagpo"], per["gigpo"])
         verdict = "met" if r2 <= 1.0 else "not met"
@@ -536,13 +657,17 @@ def _wall(seconds: float) -> str:
 
 def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: Sequence[int] | None = None,
            algos: Sequence[str] | None = None, root: str = "runs/credit", figures_dir: str | None = None,
-           progress: bool = True, command: str | None = None, profile: Profile | None = None) -> dict[str, Any]:
+           progress: bool = True, command: str | None = None, profile: Profile | None = None,
+           report_only: bool = False, group_size: int | None = None) -> dict[str, Any]:
     """The head-to-head benchmark on one environment: train (or load) every run of the profile,
     write ``figures/credit_<env>[_quick].{csv,md}`` and the figures ``credit_<env>[_quick]_curves``,
     ``_steps_to_80`` and ``_smoothness``, print the table and return the summary.
 
     ``profile`` replaces the registered profile of ``(env, quick)`` (tests and the chapter use a
-    tiny one); its ``name`` is then the run-directory name."""
+    tiny one); its ``name`` is then the run-directory name. ``report_only=True`` trains nothing and
+    reports the runs finished so far (the table says how many). ``group_size=G`` replaces the
+    profile's group size at the same number of episodes per iteration (``tasks_per_iter`` scaled to
+    match; runs named ``<algo>-group_size<G>``, outputs ``credit_<env>[_quick]_G<G>.*``)."""
     from .plotting import FIGURES_DIR, save, use_style
 
     figures_dir = figures_dir or FIGURES_DIR
@@ -554,13 +679,26 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
     for a in algos:
         if a not in ALGOS:
             raise ValueError(f"unknown algo {a!r}; expected one of {list(ALGOS)}")
-    configs = [prof.config(a, s, root) for s in seeds for a in algos]  # seed-major: partial results stay balanced
+    over: dict[str, Any] = {}
+    if group_size and group_size != prof.group_size:
+        episodes = prof.tasks_per_iter * prof.group_size
+        if episodes % group_size:
+            raise ValueError(f"group_size {group_size} must divide the {episodes} episodes per iteration of the profile")
+        over = {"group_size": group_size, "tasks_per_iter": episodes // group_size}
+        prof = dataclasses.replace(prof, label=f"{prof.label}, G={group_size}", tasks_per_iter=episodes // group_size,
+                                   group_size=group_size)
+    name = (lambda a: f"{a}-group_size{group_size}") if over else (lambda a: a)
+    configs = [prof.config(a, s, root, name=name(a), **over) for s in seeds for a in algos]  # seed-major: partial results stay balanced
     t0 = time.time()
-    histories = run_configs(configs, workers, desc=f"credit {prof.name}", progress=progress)
+    histories = run_configs(configs, workers, desc=f"credit {prof.name}", progress=progress, train=not report_only)
     elapsed = time.time() - t0
+    n_planned = len(configs)
+    configs, histories = _finished_only(configs, histories)
+    algos = tuple(a for a in algos if any(c.algo == a for c in configs))
+    seeds = tuple(s for s in seeds if any(c.seed == s for c in configs))
     labels = [dict(env=env, profile=prof.name, algo=c.algo, seed=c.seed) for c in configs]
     rows = tidy_rows(labels, histories)
-    stem = f"credit_{env}" + ("_quick" if quick else "")
+    stem = f"credit_{env}" + ("_quick" if quick else "") + (f"_G{group_size}" if over else "")
     write_csv(rows, os.path.join(figures_dir, stem + ".csv"))
     runs = {a: [h for c, h in zip(configs, histories) if c.algo == a] for a in algos}
     summary = summarise(runs)
@@ -568,12 +706,16 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
     budget_txt = f"{prof.env_step_budget:,} env steps per run"
     fig, ax = plt.subplots()
     plot_curves(ax, runs)
-    ax.set_title(f"{prof.label}: held-out success, median and bootstrap 95% band over {len(seeds)} seeds", fontsize=9)
+    ax.set_title(f"{prof.label}: held-out success, median and bootstrap 95% band over seeds", fontsize=9)
     paths = [save(fig, stem + "_curves", figures_dir)]
     plt.close(fig)
-    fig, ax = plt.subplots()
-    plot_steps_to(ax, summary, "steps_to_80")
-    ax.set_title(f"{prof.label}: env steps to 80% held-out success (median, 95% CI; k/n = seeds that reached it)", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.8), sharey=True)
+    for ax, key, pct in ((axes[0], "steps_to_80", 80), (axes[1], "steps_to_50", 50)):
+        plot_steps_to(ax, summary, key)
+        ax.set_title(f"to {pct}% held-out success", fontsize=9)
+    fig.suptitle(f"{prof.label}: env steps to a held-out success threshold (median, bootstrap 95% CI; "
+                 "k/n = seeds that reached it; hatched = median run never did)", fontsize=8)
+    fig.tight_layout()
     paths.append(save(fig, stem + "_steps_to_80", figures_dir))
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.4))
@@ -582,15 +724,16 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
     fig.tight_layout()
     paths.append(save(fig, stem + "_smoothness", figures_dir))
     plt.close(fig)
-    command = command or f"python -m gagpo bench credit --env {env}{' --quick' if quick else ''}"
+    command = command or f"python -m gagpo bench credit --env {env}{' --quick' if quick else ''}{f' --group-size {group_size}' if over else ''}"
     text = "\n".join([
-        f"# Credit assignment head-to-head — {prof.label}, {'quick' if quick else 'full'} profile",
+        f"# Credit assignment head-to-head — {prof.label}, " + (f"profile {prof.name!r}" if profile else f"{'quick' if quick else 'full'} profile"),
         "",
         f"Same budget for every algorithm: {budget_txt}, {prof.tasks_per_iter} tasks × group size {prof.group_size} per iteration, "
         f"seeds {list(seeds)}; held-out success = greedy policy on {prof.eval_episodes} held-out tasks every {prof.eval_every} iterations. "
         "Cells: median over seeds [bootstrap 95% interval]; \"final\" = mean of the last 3 evaluations; "
         "\"not reached\" = threshold never hit within the budget (counted as infinitely many steps).",
         "",
+        *([f"**Partial results: {len(configs)} of {n_planned} runs finished.**", ""] if len(configs) < n_planned else []),
         credit_table(summary),
         "",
         "Target (GAGPO reaches 80% in ≤ 0.6× GRPO's env steps and no more than GiGPO's):",
@@ -599,8 +742,7 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
         "Same check at 50% held-out success:",
         *target_verdict(summary, "steps_to_50"),
         "",
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {workers} worker processes; "
-        f"wall time {_wall(elapsed)} (runs already finished were loaded, not retrained).",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {_cost_text(configs, elapsed, workers)}.",
     ])
     with open(os.path.join(figures_dir, stem + ".md"), "w") as fh:
         fh.write(text + "\n")
@@ -683,10 +825,11 @@ ABLATION_PROFILES = {
 
 def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
               root: str = "runs/credit", figures_dir: str | None = None, progress: bool = True, command: str | None = None,
-              profile: Profile | None = None) -> dict[str, Any]:
+              profile: Profile | None = None, report_only: bool = False) -> dict[str, Any]:
     """GAGPO ablations on the KeyDoor profile (λ, γ, group size, normalisation, anchor matching):
     ``figures/ablation_<name>[_quick].png`` per ablation, ``ablation_keydoor[_quick].{csv,md}``.
-    ``profile`` replaces the registered ablation profile (tests use a tiny one)."""
+    ``profile`` replaces the registered ablation profile (tests use a tiny one); ``report_only``
+    reports the finished runs without training."""
     from .plotting import FIGURES_DIR, save, use_style
 
     figures_dir = figures_dir or FIGURES_DIR
@@ -699,11 +842,14 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
     for _, _, over in variants:
         unique.setdefault(_variant_dir(over), over)
     configs = {name: [prof.config("gagpo", s, root, name=name, **over) for s in seeds] for name, over in unique.items()}
-    flat = [c for s_idx in range(len(seeds)) for cs in configs.values() for c in cs[s_idx : s_idx + 1]]
+    # seed-major, the shared default variant last (it may be trained by the head-to-head meanwhile)
+    names_order = [n for n in configs if n != "gagpo"] + (["gagpo"] if "gagpo" in configs else [])
+    flat = [configs[n][s_idx] for s_idx in range(len(seeds)) for n in names_order]
     t0 = time.time()
-    hist_flat = run_configs(flat, workers, desc=f"ablations {prof.name}", progress=progress)
+    hist_flat = run_configs(flat, workers, desc=f"ablations {prof.name}", progress=progress, train=not report_only)
     elapsed = time.time() - t0
     by_dir = {id(c): h for c, h in zip(flat, hist_flat)}
+    n_finished = sum(h is not None for h in hist_flat)
     rows, sections, paths = [], [], []
     plt = use_style()
     suffix = "_quick" if quick else ""
@@ -712,11 +858,15 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
         for a, label, over in variants:
             if a != abl:
                 continue
-            cs = configs[_variant_dir(over)]
+            cs = [c for c in configs[_variant_dir(over)] if by_dir[id(c)] is not None]
+            if not cs:
+                continue
             runs[label] = [by_dir[id(c)] for c in cs]
             rows += tidy_rows([dict(env="keydoor", profile=prof.name, ablation=abl, variant=label, algo="gagpo", seed=c.seed) for c in cs], runs[label])
+        if not runs:
+            continue
         summary = summarise(runs)
-        colors = {lab: plt.cm.viridis(i / max(len(runs) - 1, 1)) for i, lab in enumerate(runs)}
+        colors = {lab: plt.cm.viridis(0.85 * i / max(len(runs) - 1, 1)) for i, lab in enumerate(runs)}
         fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.6), gridspec_kw={"width_ratios": [3, 2]})
         plot_curves(axes[0], runs, colors)
         for i, (lab, s) in enumerate(summary.items()):
@@ -728,7 +878,7 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
         axes[1].set_xlabel(ABLATIONS[abl][0])
         axes[1].set_ylabel("held-out success")
         axes[1].legend(fontsize=8)
-        fig.suptitle(f"GAGPO ablation: {ABLATIONS[abl][0]} — {prof.label}, {prof.env_step_budget:,} env steps, {len(seeds)} seeds "
+        fig.suptitle(f"GAGPO ablation: {ABLATIONS[abl][0]} — {prof.label}, {prof.env_step_budget:,} env steps, ≤ {len(seeds)} seeds "
                      "(median, bootstrap 95%)", fontsize=9)
         fig.tight_layout()
         paths.append(save(fig, f"ablation_{abl}{suffix}", figures_dir))
@@ -737,16 +887,16 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
     write_csv(rows, os.path.join(figures_dir, f"ablation_keydoor{suffix}.csv"))
     command = command or f"python -m gagpo bench ablations{' --quick' if quick else ''}"
     text = "\n".join([
-        f"# GAGPO ablations — {prof.label}, {'quick' if quick else 'full'} profile",
+        f"# GAGPO ablations — {prof.label}, " + (f"profile {prof.name!r}" if profile else f"{'quick' if quick else 'full'} profile"),
         "",
         f"Every variant changes one setting of the default (λ 0.95, γ 0.95, G 8, mean_std, exact anchors); budget "
         f"{prof.env_step_budget:,} env steps per run, seeds {list(seeds)}. Group-size variants keep 64 episodes per iteration "
         "(tasks per iteration = 64 / G). Near-duplicate anchors: word-bigram Jaccard ≥ 0.8 within a group (gagpo.anchors). "
         "Cells: median over seeds [bootstrap 95% interval].",
         "",
+        *([f"**Partial results: {n_finished} of {len(flat)} runs finished.**", ""] if n_finished < len(flat) else []),
         *sections,
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {workers} worker processes; "
-        f"wall time {_wall(elapsed)} (runs already finished were loaded, not retrained).",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {_cost_text(flat, elapsed, workers)}.",
     ])
     with open(os.path.join(figures_dir, f"ablation_keydoor{suffix}.md"), "w") as fh:
         fh.write(text + "\n")

@@ -48,7 +48,7 @@ SIZE_LABELS = ("1", "2", "3-4", "5-8", "9-16", ">16")
 # ====================================================================== exact quantities
 @dataclass
 class TaskTruth:
-    """Exact finite-horizon values of one policy on one task, laid out for row look-ups.
+    r"""Exact finite-horizon values of one policy on one task, laid out for row look-ups.
 
     ``values[k, s]`` = :math:`V^\pi_k(s)` (``k`` decisions left, shape ``(H + 1, n_states)``);
     the flat pair arrays hold, for pair ``starts[s] + a``, the next state, the reward and whether
@@ -161,14 +161,27 @@ def error_by_size(v_hat: np.ndarray, v_true: np.ndarray, sizes: np.ndarray) -> l
 
 
 def agreement(estimate: np.ndarray, truth: np.ndarray, eps: float = 1e-9) -> dict[str, float]:
-    """Pearson correlation of an advantage estimate with :math:`A^\\pi` over rows, and the fraction
-    of rows where their signs agree (rows with :math:`|A^\\pi| \\le` eps — one admissible action, or
-    actions of equal value — are left out of the sign agreement)."""
+    """How well an advantage estimate matches :math:`A^\\pi`, row by row.
+
+    * ``corr`` — Pearson correlation over all rows (NaN when either side is constant);
+    * ``sign_agreement`` — fraction of *decisive* rows (:math:`|A^\\pi| >` eps; not a state with one
+      admissible action or actions of equal value) where the signs agree; an estimate of exactly 0
+      gives no direction and counts as a disagreement;
+    * ``zero_frac`` — fraction of decisive rows whose estimate is 0 (e.g. GRPO in a group where every
+      rollout failed);
+    * ``sign_agreement_nonzero`` — the sign agreement over decisive rows with a non-zero estimate.
+    """
     estimate, truth = np.asarray(estimate, float), np.asarray(truth, float)
     ok = np.abs(truth) > eps
     corr = float(np.corrcoef(estimate, truth)[0, 1]) if estimate.std() > 0 and truth.std() > 0 else float("nan")
-    sign = float(np.mean(np.sign(estimate[ok]) == np.sign(truth[ok]))) if ok.any() else float("nan")
-    return {"corr": corr, "sign_agreement": sign}
+    same = np.sign(estimate[ok]) == np.sign(truth[ok])
+    zero = np.abs(estimate[ok]) < 1e-12
+    return {
+        "corr": corr,
+        "sign_agreement": float(same.mean()) if ok.any() else float("nan"),
+        "zero_frac": float(zero.mean()) if ok.any() else float("nan"),
+        "sign_agreement_nonzero": float(same[~zero].mean()) if (~zero).any() else float("nan"),
+    }
 
 
 # ====================================================================== the study
@@ -186,6 +199,7 @@ class ProxySetting:
     repeats: int = 4                #: independent rollouts per (snapshot, G)
     gamma: float = 0.95
     lam: float = 0.95
+    env: str = "toy_envs/KeyDoor-v0"
 
 
 PROXY_SETTINGS = {
@@ -211,7 +225,7 @@ def study_setting(setting: ProxySetting, seed: int = 0, near_thresholds: Sequenc
     from .config import TrainConfig
     from .trainer import Trainer
 
-    cfg = TrainConfig(env="toy_envs/KeyDoor-v0", env_kwargs=dict(setting.env_kwargs), max_steps=setting.max_steps, algo="gagpo",
+    cfg = TrainConfig(env=setting.env, env_kwargs=dict(setting.env_kwargs), max_steps=setting.max_steps, algo="gagpo",
                       seed=seed, iterations=setting.train_iterations, gamma=setting.gamma, lam=setting.lam, eval_every=0,
                       progress=False, checkpoint_every=0, out_dir=tempfile.mkdtemp(prefix="gagpo-proxy-"))
     trainer = Trainer(cfg)
@@ -242,13 +256,13 @@ def study_setting(setting: ProxySetting, seed: int = 0, near_thresholds: Sequenc
             for e in error_by_size(cat["v_hat"], cat["v_true"], cat["anchor_size"]):
                 rec["errors"].append({**tag_g, **e})
             n_groups = sum(len(np.unique(p["group"])) for p in parts)
-            anchors = sum(int(np.sum(1.0 / p["anchor_size"])) for p in parts)  # each anchor group's rows sum to 1
+            anchors = sum(int(round(float(np.sum(1.0 / p["anchor_size"])))) for p in parts)  # each anchor group's rows sum to 1
             singles = sum(int(np.sum(p["anchor_size"] == 1)) for p in parts)
             rec["anchors"].append({**tag_g, "rows": len(cat["v_hat"]), "anchor_groups": anchors,
                                    "singleton_row_frac": float(np.mean(cat["anchor_size"] == 1)),
                                    "singleton_group_frac": singles / max(anchors, 1), "rows_per_group": len(cat["v_hat"]) / n_groups})
-            for est in ESTIMATORS:
-                rec["advantages"].append({**tag_g, "estimator": est, **agreement(cat[f"adv_{est}"], cat["a_true"])})
+            for est in ESTIMATORS:  # decisive rows: |A^pi| > 0.01
+                rec["advantages"].append({**tag_g, "estimator": est, **agreement(cat[f"adv_{est}"], cat["a_true"], eps=0.01)})
             for thr in ("exact", *near_thresholds):
                 key, size_key = ("v_hat", "anchor_size") if thr == "exact" else (f"v_hat_near{thr}", f"anchor_size_near{thr}")
                 err = cat[key] - cat["v_true"]
@@ -303,9 +317,10 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
     paths = []
     n = len(settings)
     # 1. bias and std of V̂ - V by anchor-group size (G = 8, or the largest available ≤ 8)
-    fig, axes = plt.subplots(2, n, figsize=(4.8 * n, 6.0), squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(4.8 * n, 8.0), squeeze=False, gridspec_kw={"height_ratios": [3, 3, 2]})
     for j, st in enumerate(settings):
         G = max(g for g in st.group_sizes if g <= 8)
+        width = 0.8 / max(len(st.snapshots), 1)
         for i, it in enumerate(st.snapshots):
             rs = [r for r in rec["errors"] if r["setting"] == st.name and r["iteration"] == it and r["group_size"] == G and r["rows"] > 0]
             x = [SIZE_LABELS.index(r["size_bin"]) for r in rs]
@@ -313,12 +328,15 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
             lab = f"iter {it} (P(success) {rs[0]['success_probability']:.2f})" if rs else f"iter {it}"
             axes[0, j].plot(x, [r["bias"] for r in rs], "o-", color=c, label=lab)
             axes[1, j].plot(x, [r["std"] for r in rs], "o-", color=c)
+            total = sum(r["rows"] for r in rs) or 1
+            axes[2, j].bar(np.asarray(x) + (i - (len(st.snapshots) - 1) / 2) * width, [r["rows"] / total for r in rs], width, color=c)
         for ax in axes[:, j]:
             ax.set_xticks(range(len(SIZE_LABELS)), SIZE_LABELS)
         axes[0, j].axhline(0, color="k", linewidth=0.8)
-        axes[0, j].set_title(f"{st.name}, G={G}: bias of V̂ − V^π", fontsize=9)
-        axes[1, j].set_title("std of V̂ − V^π", fontsize=9)
-        axes[1, j].set_xlabel("visits in the anchor group (rows)")
+        axes[0, j].set_title(rf"{st.name}, G={G}: bias of $\hat V - V^\pi$", fontsize=9)
+        axes[1, j].set_title(r"std of $\hat V - V^\pi$", fontsize=9)
+        axes[2, j].set_title("share of rows in each bin (few rows = noisy points above)", fontsize=9)
+        axes[2, j].set_xlabel("visits in the anchor group (rows)")
         axes[0, j].legend(fontsize=7)
     fig.tight_layout()
     paths.append(save(fig, f"proxy_bias_variance{suffix}", figures_dir))
@@ -332,6 +350,7 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
             axes[0, j].plot([r["group_size"] for r in rs], [r["singleton_row_frac"] for r in rs], "o-", color=c, label=f"iter {it}: rows")
             axes[0, j].plot([r["group_size"] for r in rs], [r["singleton_group_frac"] for r in rs], "s--", color=c, alpha=0.6, label=f"iter {it}: anchor groups")
         axes[0, j].set_xscale("log", base=2)
+        axes[0, j].set_xticks(list(st.group_sizes), [str(g) for g in st.group_sizes])
         axes[0, j].set_xlabel("group size G")
         axes[0, j].set_ylabel("fraction that is a singleton")
         axes[0, j].set_ylim(0, 1)
@@ -340,8 +359,8 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
     fig.tight_layout()
     paths.append(save(fig, f"proxy_singletons{suffix}", figures_dir))
     plt.close(fig)
-    # 3. advantage agreement with A^pi vs G (each snapshot after 0, averaged display: one line per estimator and snapshot)
-    fig, axes = plt.subplots(2, n, figsize=(4.8 * n, 6.0), squeeze=False)
+    # 3. advantage agreement with A^pi vs G: one line per estimator and snapshot (later = darker)
+    fig, axes = plt.subplots(3, n, figsize=(4.8 * n, 8.4), squeeze=False)
     styles = {"grpo": ALGO_COLORS["grpo"], "gigpo": ALGO_COLORS["gigpo"], "gagpo": ALGO_COLORS["gagpo"], "gagpo_raw": "#8c564b"}
     for j, st in enumerate(settings):
         its = list(st.snapshots)
@@ -350,32 +369,37 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
                 rs = [r for r in rec["advantages"] if r["setting"] == st.name and r["iteration"] == it and r["estimator"] == est]
                 alpha = 0.35 + 0.65 * i / max(len(its) - 1, 1)
                 kw = dict(color=color, alpha=alpha, marker="o", label=est if i == len(its) - 1 else None)
-                axes[0, j].plot([r["group_size"] for r in rs], [r["corr"] for r in rs], **kw)
-                axes[1, j].plot([r["group_size"] for r in rs], [r["sign_agreement"] for r in rs], **kw)
+                for row, key in enumerate(("corr", "sign_agreement", "sign_agreement_nonzero")):
+                    axes[row, j].plot([r["group_size"] for r in rs], [r[key] for r in rs], **kw)
         for ax in axes[:, j]:
             ax.set_xscale("log", base=2)
-        axes[0, j].set_title(f"{st.name}: corr(Â, A^π) (darker = later snapshot)", fontsize=9)
-        axes[1, j].set_title("sign agreement with A^π", fontsize=9)
-        axes[1, j].axhline(0.5, color="k", linestyle=":", linewidth=0.8)
-        axes[1, j].set_xlabel("group size G")
+            ax.set_xticks(list(st.group_sizes), [str(g) for g in st.group_sizes])
+        axes[0, j].set_title(rf"{st.name}: corr($\hat A$, $A^\pi$) (darker = later snapshot)", fontsize=9)
+        axes[1, j].set_title(r"sign agreement with $A^\pi$ (rows with $|A^\pi| > 0.01$; $\hat A = 0$ is a miss)", fontsize=9)
+        axes[2, j].set_title(r"sign agreement where $\hat A \neq 0$", fontsize=9)
+        for ax in axes[1:, j]:
+            ax.axhline(0.5, color="k", linestyle=":", linewidth=0.8)
+        axes[2, j].set_xlabel("group size G")
         axes[0, j].legend(fontsize=7)
     fig.tight_layout()
     paths.append(save(fig, f"proxy_advantages{suffix}", figures_dir))
     plt.close(fig)
-    # 4. near-duplicate anchors: RMSE and singleton fraction by threshold (G = 8 or nearest)
-    fig, axes = plt.subplots(1, n, figsize=(4.8 * n, 3.4), squeeze=False)
+    # 4. near-duplicate anchors: RMSE of V̂ and singleton fraction by threshold (G = 8 or nearest)
+    fig, axes = plt.subplots(2, n, figsize=(4.8 * n, 5.6), squeeze=False)
     for j, st in enumerate(settings):
         G = max(g for g in st.group_sizes if g <= 8)
         for i, it in enumerate(st.snapshots):
             rs = [r for r in rec["near"] if r["setting"] == st.name and r["iteration"] == it and r["group_size"] == G]
             c = plt.cm.viridis(i / max(len(st.snapshots) - 1, 1))
-            xs = range(len(rs))
-            axes[0, j].plot(xs, [r["rmse"] for r in rs], "o-", color=c, label=f"iter {it}: RMSE")
-            axes[0, j].plot(xs, [abs(r["bias"]) for r in rs], "s--", color=c, alpha=0.6, label=f"iter {it}: |bias|")
-            axes[0, j].set_xticks(list(xs), [str(r["threshold"]) for r in rs])
-        axes[0, j].set_xlabel("anchor matching (Jaccard threshold)")
-        axes[0, j].set_title(f"{st.name}, G={G}: error of V̂ with near-duplicate anchors", fontsize=9)
-        axes[0, j].legend(fontsize=6, ncol=2)
+            xs = list(range(len(rs)))
+            axes[0, j].plot(xs, [r["rmse"] for r in rs], "o-", color=c, label=f"iter {it}")
+            axes[1, j].plot(xs, [r["singleton_row_frac"] for r in rs], "s-", color=c)
+            for ax in axes[:, j]:
+                ax.set_xticks(xs, [str(r["threshold"]) for r in rs])
+        axes[0, j].set_title(rf"{st.name}, G={G}: RMSE of $\hat V - V^\pi$ over rows", fontsize=9)
+        axes[1, j].set_title("fraction of rows in singleton anchor groups", fontsize=9)
+        axes[1, j].set_xlabel("anchor matching (exact, or Jaccard threshold of near duplicates)")
+        axes[0, j].legend(fontsize=7)
     fig.tight_layout()
     paths.append(save(fig, f"proxy_near_duplicates{suffix}", figures_dir))
     plt.close(fig)
@@ -390,7 +414,7 @@ def proxy_report(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Seque
              "P(success) = exact probability that the policy solves a task within H steps, averaged over the examined tasks.", ""]
     for st in settings:
         G = max(g for g in st.group_sizes if g <= 8)
-        parts += [f"## {st.name}: KeyDoor {st.env_kwargs}, step limit {st.max_steps}, {st.n_tasks} tasks × {st.repeats} rollouts per "
+        parts += [f"## {st.name}: {st.env.split('/')[-1]} {st.env_kwargs}, step limit {st.max_steps}, {st.n_tasks} tasks × {st.repeats} rollouts per "
                   f"(snapshot, G); GAGPO trained {st.train_iterations} iterations", "",
                   f"### Proxy error by anchor-group size (G = {G})", "",
                   _md_table([r for r in rec["errors"] if r["setting"] == st.name and r["group_size"] == G and r["rows"] > 0],
@@ -398,9 +422,10 @@ def proxy_report(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Seque
                   "### Singleton anchor groups by G", "",
                   _md_table([r for r in rec["anchors"] if r["setting"] == st.name],
                             ["iteration", "success_probability", "group_size", "rows_per_group", "singleton_row_frac", "singleton_group_frac"]), "",
-                  "### Advantages against the true A^π (Pearson correlation, sign agreement)", "",
+                  "### Advantages against the true A^π (Pearson correlation; sign agreement on decisive rows, a zero estimate "
+                  "counting as a miss; fraction of zero estimates; sign agreement where the estimate is non-zero)", "",
                   _md_table([r for r in rec["advantages"] if r["setting"] == st.name],
-                            ["iteration", "group_size", "estimator", "corr", "sign_agreement"]), "",
+                            ["iteration", "group_size", "estimator", "corr", "sign_agreement", "zero_frac", "sign_agreement_nonzero"]), "",
                   f"### Near-duplicate anchors (G = {G}): error of V̂ − V^π over all rows", "",
                   _md_table([r for r in rec["near"] if r["setting"] == st.name and r["group_size"] == G],
                             ["iteration", "threshold", "bias", "std", "rmse", "singleton_row_frac"]), ""]

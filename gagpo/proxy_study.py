@@ -285,7 +285,7 @@ def proxy_study(quick: bool = False, figures_dir: str | None = None, seed: int =
     """Run :func:`study_setting` for every setting; write ``figures/proxy_*.png``,
     ``proxy_study[_quick].{csv,md}`` and print the tables."""
     from .credit import write_csv
-    from .plotting import FIGURES_DIR, save, use_style
+    from .plotting import FIGURES_DIR
 
     figures_dir = figures_dir or FIGURES_DIR
     settings = settings or PROXY_SETTINGS[quick]
@@ -353,7 +353,7 @@ def plot_proxy(rec: Mapping[str, Sequence[Mapping[str, Any]]], settings: Sequenc
         axes[0, j].set_xticks(list(st.group_sizes), [str(g) for g in st.group_sizes])
         axes[0, j].set_xlabel("group size G")
         axes[0, j].set_ylabel("fraction that is a singleton")
-        axes[0, j].set_ylim(0, 1)
+        axes[0, j].set_ylim(bottom=0)
         axes[0, j].set_title(st.name, fontsize=9)
         axes[0, j].legend(fontsize=6, ncol=2)
     fig.tight_layout()

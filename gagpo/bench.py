@@ -7,10 +7,8 @@ Speed and sample-efficiency are measured here, never in timed tests.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +16,8 @@ import numpy as np
 from . import advantages as A
 from .batch import StepBatch
 from .config import TrainConfig
+from .credit import eval_curve, run_configs
+from .tables import write_csv
 
 
 # ---------------------------------------------------------------------- estimator throughput
@@ -108,27 +108,6 @@ def headline_config(algo: str, seed: int, quick: bool = False, out_root: str = "
     )
 
 
-def _run_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
-    from .trainer import train
-
-    return train(TrainConfig(**cfg_dict))
-
-
-def run_many(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs") -> list[list[dict[str, Any]]]:
-    """Train several configurations in ``workers`` processes, with a progress bar over runs."""
-    from tqdm.auto import tqdm
-
-    dicts = [dataclasses.asdict(c) for c in configs]
-    results: list[Any] = [None] * len(dicts)
-    with ProcessPoolExecutor(max_workers=workers) as ex:
-        futures = {ex.submit(_run_one, d): i for i, d in enumerate(dicts)}
-        from concurrent.futures import as_completed
-
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc):
-            results[futures[fut]] = fut.result()
-    return results
-
-
 def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int = 2,
              figures_dir: str | None = None, algos: Sequence[str] = HEADLINE_ALGOS) -> list[dict[str, Any]]:
     """Train every algorithm of ``algos`` on KeyDoor for each seed, then write
@@ -138,11 +117,9 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
     figures_dir = figures_dir or FIGURES_DIR
     configs = [headline_config(a, s, quick) for a in algos for s in seeds]
     t0 = time.time()
-    results = run_many(configs, workers, desc="headline runs")
+    results = run_configs(configs, workers, desc="headline runs")  # finished runs are reused, interrupted ones resume
     elapsed = time.time() - t0
     rows = [dict(algo=c.algo, seed=c.seed, **r) for c, hist in zip(configs, results) for r in hist]
-    from .trainer import write_csv
-
     write_csv(rows, os.path.join(figures_dir, "headline_keydoor.csv"))
     random_success = random_policy_success(configs[0])
     path = headline_figure(rows, algos, seeds, random_success, figures_dir)
@@ -160,20 +137,13 @@ def headline_figure(rows: list[dict[str, Any]], algos: Sequence[str], seeds: Seq
     """Draw ``headline_keydoor.png`` from the per-iteration rows (e.g. re-read from the CSV)."""
     from .plotting import learning_curves, save, use_style
 
-    curves = {a: [_eval_curve([r for r in rows if r["algo"] == a and int(r["seed"]) == s]) for s in seeds] for a in algos}
+    curves = {a: [eval_curve([r for r in rows if r["algo"] == a and int(r["seed"]) == s]) for s in seeds] for a in algos}
     plt = use_style()
     fig, ax = plt.subplots()
     learning_curves(curves, title="KeyDoor: held-out success (greedy) vs environment steps", ax=ax, random_baseline=random_success)
     path = save(fig, "headline_keydoor", figures_dir)
     plt.close(fig)
     return path
-
-
-def _eval_curve(rows: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """``(env_steps, eval_success)`` at each evaluation (the curve starts at the first evaluation)."""
-    pts = [(float(r["env_steps"]), float(r["eval_success"])) for r in rows
-           if r.get("eval_success") not in (None, "") and float(r["eval_success"]) == float(r["eval_success"])]
-    return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
 
 def random_policy_success(cfg: TrainConfig, episodes: int | None = None) -> float:

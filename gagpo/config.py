@@ -12,7 +12,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Iterable, Mapping
 
 ALGOS = ("reinforce", "grpo", "rloo", "ppo", "gigpo", "gagpo")
 POLICIES = ("text", "tabular")
@@ -32,6 +32,10 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:  # n
 @dataclass
 class TrainConfig:
     """Configuration of one training run (one algorithm, one seed). Field docs are the CLI's help."""
+
+    #: fields that may differ between a checkpoint (or a finished run) and the run that resumes or reuses it
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "iterations", "env_step_budget", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")
 
     # --- what to train on
     env: str = _f("toy_envs/KeyDoor-v0", "gymnasium id of a text environment (toy_envs/OpenGrid-v0, toy_envs/KeyDoor-v0, toy_envs/MiniHousehold-v0)")
@@ -107,6 +111,13 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> dict[str, tuple]:
+    """``{field: (saved, current)}`` for every saved field, except ``ignore``, whose value differs now
+    (a field the current configuration lacks counts as ``None``); empty when a run may resume."""
+    ignore = set(ignore)
+    return {k: (v, current.get(k)) for k, v in saved.items() if k not in ignore and v != current.get(k)}
 
 
 # ---------------------------------------------------------------------- CLI generation

@@ -23,7 +23,6 @@ algorithms starts from the same policy and sees the same tasks.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import multiprocessing
@@ -35,7 +34,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .config import ALGOS, TrainConfig
+from .config import ALGOS, TrainConfig, config_mismatch
+from .tables import read_csv, write_csv
+
+CSV_FLOAT = ".5g"  # float cells of the benchmark CSVs: 5 significant digits
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed trapz
 
@@ -244,11 +246,6 @@ def get_profile(env: str, quick: bool) -> Profile:
     return PROFILES[key]
 
 
-def _comparable(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    skip = ("iterations", "env_step_budget", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")
-    return {k: v for k, v in cfg.items() if k not in skip}
-
-
 def finished_history(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     """The history of a run that already finished under ``cfg`` (read from its ``metrics.jsonl``),
     or None when the run is absent or incomplete. Raises ValueError when the directory holds a run
@@ -259,10 +256,9 @@ def finished_history(cfg: TrainConfig) -> list[dict[str, Any]] | None:
         return None
     with open(cfg_path) as fh:
         saved = json.load(fh)
-    now = _comparable(cfg.to_dict())
-    saved = {k: v for k, v in _comparable(saved).items() if k in now}
-    if saved != {k: now[k] for k in saved}:
-        diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
+    now = cfg.to_dict()
+    diff = config_mismatch({k: v for k, v in saved.items() if k in now}, now, TrainConfig.RESUMABLE)
+    if diff:
         raise ValueError(f"{run_dir} holds a run with a different configuration {diff} (saved, now); delete it or use another root")
     with open(metrics_path) as fh:
         history = [json.loads(line) for line in fh if line.strip()]
@@ -437,39 +433,6 @@ def tidy_rows(labels: Sequence[Mapping[str, Any]], histories: Sequence[Sequence[
         for r in hist:
             rows.append({**lab, **{k: r.get(k, "") for k in CSV_COLUMNS}})
     return rows
-
-
-def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-
-    def fmt(v):
-        return f"{v:.5g}" if isinstance(v, float) else v
-
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: fmt(v) for k, v in r.items()})
-
-
-def read_csv(path: str) -> list[dict[str, Any]]:
-    """Read a tidy CSV written by :func:`write_csv`; numbers become floats, empty cells are dropped."""
-    out = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            rec: dict[str, Any] = {}
-            for k, v in row.items():
-                if v == "":
-                    continue
-                try:
-                    rec[k] = float(v)
-                except ValueError:
-                    rec[k] = v
-            out.append(rec)
-    return out
 
 
 def histories_by(rows: Sequence[Mapping[str, Any]], key: str = "algo") -> dict[str, list[list[dict[str, Any]]]]:
@@ -699,7 +662,7 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
     labels = [dict(env=env, profile=prof.name, algo=c.algo, seed=c.seed) for c in configs]
     rows = tidy_rows(labels, histories)
     stem = f"credit_{env}" + ("_quick" if quick else "") + (f"_G{group_size}" if over else "")
-    write_csv(rows, os.path.join(figures_dir, stem + ".csv"))
+    write_csv(rows, os.path.join(figures_dir, stem + ".csv"), float_format=CSV_FLOAT)
     runs = {a: [h for c, h in zip(configs, histories) if c.algo == a] for a in algos}
     summary = summarise(runs)
     plt = use_style()
@@ -888,7 +851,7 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
         paths.append(save(fig, f"ablation_{abl}{suffix}", figures_dir))
         plt.close(fig)
         sections += [f"## {abl}", "", ablation_table(summary), "", ablation_reading(abl, summary), ""]
-    write_csv(rows, os.path.join(figures_dir, f"ablation_keydoor{suffix}.csv"))
+    write_csv(rows, os.path.join(figures_dir, f"ablation_keydoor{suffix}.csv"), float_format=CSV_FLOAT)
     command = command or f"python -m gagpo bench ablations{' --quick' if quick else ''}"
     text = "\n".join([
         f"# GAGPO ablations — {prof.label}, " + (f"profile {prof.name!r}" if profile else f"{'quick' if quick else 'full'} profile"),
@@ -958,7 +921,7 @@ def iteration_time(iterations: int = 30, env: str = "keydoor", algos: Sequence[s
     fig.tight_layout()
     path = save(fig, "iteration_time", figures_dir)
     plt.close(fig)
-    write_csv(rows, os.path.join(figures_dir, "iteration_time.csv"))
+    write_csv(rows, os.path.join(figures_dir, "iteration_time.csv"), float_format=CSV_FLOAT)
     lines = ["| algorithm | env steps / iteration | rollout (ms) | advantage (ms) | update (ms) | total (ms) | advantage share |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

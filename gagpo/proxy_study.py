@@ -284,7 +284,8 @@ def _md_table(records: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 def proxy_study(quick: bool = False, figures_dir: str | None = None, seed: int = 0, settings: Sequence[ProxySetting] | None = None) -> dict[str, Any]:
     """Run :func:`study_setting` for every setting; write ``figures/proxy_*.png``,
     ``proxy_study[_quick].{csv,md}`` and print the tables."""
-    from .credit import write_csv
+    from .credit import CSV_FLOAT
+    from .tables import write_csv
     from .plotting import FIGURES_DIR
 
     figures_dir = figures_dir or FIGURES_DIR
@@ -298,7 +299,7 @@ def proxy_study(quick: bool = False, figures_dir: str | None = None, seed: int =
             rec[k] += part[k]
     elapsed = time.time() - t0
     rows = [{"table": k, **r} for k, v in rec.items() for r in v]
-    write_csv(rows, os.path.join(figures_dir, f"proxy_study{suffix}.csv"))
+    write_csv(rows, os.path.join(figures_dir, f"proxy_study{suffix}.csv"), float_format=CSV_FLOAT)
     paths = plot_proxy(rec, settings, figures_dir, suffix)
     text = proxy_report(rec, settings, elapsed, quick)
     with open(os.path.join(figures_dir, f"proxy_study{suffix}.md"), "w") as fh:

@@ -13,7 +13,7 @@ observation text is the anchor key: identical situations give identical text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -44,6 +44,11 @@ class Rollout:
     def n_steps(self) -> int:
         """Environment steps taken (= rows)."""
         return len(self.batch)
+
+    @property
+    def invalid_rate(self) -> float:
+        """Fraction of decisions the environment rejected as invalid (no-ops)."""
+        return float(self.invalid.mean()) if len(self.invalid) else 0.0
 
     @property
     def success_rate(self) -> float:
@@ -147,15 +152,22 @@ def collect(
                 obs[i], adm[i] = next_obs, list(info["admissible_actions"])
                 still.append(i)
         active = still
+    return Rollout(**rollout_fields(rows, group_of, task_of, ret, step_count, won, np.asarray(rows["logp"])))
+
+
+def rollout_fields(rows: dict[str, list], group_of: np.ndarray, task_of: np.ndarray, traj_return: np.ndarray,
+                   traj_length: np.ndarray, traj_won: np.ndarray, logp: np.ndarray) -> dict[str, Any]:
+    """The :class:`Rollout` fields from per-row lists (keys ``traj, step, obs, next_obs, adm, action,
+    reward, terminated, truncated, invalid``) and per-trajectory arrays; shared by every collector."""
     traj = np.asarray(rows["traj"], dtype=np.int64)
     batch = StepBatch(
         group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
         obs_key=rows["obs"], next_obs_key=rows["next_obs"], reward=rows["reward"],
         terminated=rows["terminated"], truncated=rows["truncated"],
     )
-    return Rollout(
+    return dict(
         batch=batch, observations=rows["obs"], next_observations=rows["next_obs"], admissible=rows["adm"],
-        actions=np.asarray(rows["action"], dtype=np.int64), logp=np.asarray(rows["logp"]),
-        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=ret, traj_length=step_count,
-        traj_won=won, traj_task=task_of,
+        actions=np.asarray(rows["action"], dtype=np.int64), logp=logp,
+        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=traj_return, traj_length=traj_length,
+        traj_won=traj_won, traj_task=task_of,
     )

@@ -11,7 +11,6 @@ iteration k replays iterations k+1… exactly as an uninterrupted run would (on 
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -21,25 +20,14 @@ import numpy as np
 import torch
 
 from . import advantages as adv_lib
-from .config import TrainConfig
+from .config import TrainConfig, config_mismatch
 from .losses import ppo_clip_loss, value_loss
 from .policies import action_log_probs, entropy, make_policy, make_value
 from .rollout import EnvPool, Rollout, collect, make_env_fn
+from .tables import write_csv
 
 TRAIN_SEED_RANGE = 10_000  # training task seeds are drawn below this; held-out seeds lie above
 ANCHOR_BINS = (1, 2, 4, 8)  # anchor-group size histogram: 1, 2, 3–4, 5–8, > 8
-
-
-def write_csv(rows: list[dict[str, Any]], path: str) -> None:
-    """Write dict rows as CSV; the columns are the union of the rows' keys in first-seen order."""
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def compute_advantages(cfg: TrainConfig, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
@@ -88,7 +76,105 @@ def anchor_histogram(rollout: Rollout) -> dict[str, float]:
     return {f"anchor_frac_{lab}": float(((sizes > lo) & (sizes <= hi)).sum() / n) for lab, lo, hi in zip(labels, edges[:-1], edges[1:])}
 
 
-class Trainer:
+class RunLoop:
+    """What every training run shares, toy policy or language model: the task seeds and held-out
+    seeds, the stopping rule, the metric files and the loop with its progress bar and checkpoints.
+
+    A subclass sets ``cfg``, ``run_dir``, ``pool``, ``eval_pool``, ``iteration``, ``env_steps`` and
+    ``history``, and implements ``step()`` (one iteration, returning its metrics row),
+    ``save_checkpoint()`` and ``load_checkpoint()``.
+    """
+
+    def task_seeds(self, iteration: int) -> list[int]:
+        """The training task seeds of ``iteration``: a function of ``(seed, iteration)`` alone."""
+        rng = np.random.default_rng([self.cfg.seed, iteration, 1])
+        high = self.cfg.n_train_tasks or TRAIN_SEED_RANGE
+        return rng.choice(high, size=self.cfg.tasks_per_iter, replace=self.cfg.tasks_per_iter > high).tolist()
+
+    def held_out_seeds(self) -> list[int]:
+        """The first ``cfg.eval_episodes`` of the evaluation environment's ``EVAL_SEEDS`` (10000, 10001, …
+        when the environment has none, or the pool is not an in-process :class:`EnvPool`)."""
+        seeds = range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + 1000)
+        if isinstance(self.eval_pool, EnvPool):
+            seeds = getattr(self.eval_pool.get(1)[0].unwrapped, "EVAL_SEEDS", seeds)
+        return [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]
+
+    def done(self) -> bool:
+        """The run is over: all iterations done, or the environment-step budget (if any) spent."""
+        budget = getattr(self.cfg, "env_step_budget", 0)  # language-model runs have no step budget
+        return self.iteration >= self.cfg.iterations or (budget > 0 and self.env_steps >= budget)
+
+    def iteration_metrics(self, rollout: Rollout, advantages: np.ndarray) -> dict[str, Any]:
+        """The metrics every run logs for an iteration's rollout and advantages."""
+        a = advantages
+        return {
+            "iteration": self.iteration, "env_steps": self.env_steps, "success": rollout.success_rate,
+            "return": float(rollout.traj_return.mean()), "episode_length": float(rollout.traj_length.mean()),
+            "invalid_rate": rollout.invalid_rate,
+            "adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_zero_frac": float(np.mean(np.abs(a) < 1e-8)),
+        }
+
+    def record(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Evaluate when due (every ``cfg.eval_every`` iterations and at the end), append ``row`` to the history."""
+        if self.cfg.eval_every and (self.iteration % self.cfg.eval_every == 0 or self.done()):
+            row.update(self.evaluate())
+        self.history.append(row)
+        return row
+
+    def check_resumable(self, saved_config: dict[str, Any], path: str) -> None:
+        """Raise ``ValueError`` when a checkpoint's configuration differs in a field that matters."""
+        diff = config_mismatch(saved_config, self.cfg.to_dict(), type(self.cfg).RESUMABLE)
+        if diff:
+            raise ValueError(f"checkpoint {path} was written with a different configuration: {diff} (saved, now)")
+
+    def write_metrics(self) -> None:
+        """``config.json``, ``metrics.jsonl`` and ``metrics.csv`` in the run directory."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        with open(os.path.join(self.run_dir, "config.json"), "w") as fh:
+            json.dump(self.cfg.to_dict(), fh, indent=2)
+        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
+            for row in self.history:
+                fh.write(json.dumps(row) + "\n")
+        write_csv(self.history, os.path.join(self.run_dir, "metrics.csv"))
+
+    def progress_desc(self) -> str:
+        return f"{self.cfg.algo} seed {self.cfg.seed}"
+
+    def progress_postfix(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"succ": f"{row['success']:.2f}", "steps": row["env_steps"]}
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run (or, with ``cfg.resume``, continue) until :meth:`done`; returns the metrics history."""
+        cfg = self.cfg
+        if cfg.resume:
+            self.load_checkpoint()
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self.progress_desc(), dynamic_ncols=True)
+        try:
+            while not self.done():
+                row = self.step()
+                if bar is not None:
+                    post = self.progress_postfix(row)
+                    if "eval_success" in row:
+                        post["eval"] = f"{row['eval_success']:.2f}"
+                    bar.set_postfix(post)
+                    bar.update(1)
+                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
+                    self.save_checkpoint()
+                    self.write_metrics()
+        finally:
+            if bar is not None:
+                bar.close()
+            self.pool.close()
+            self.eval_pool.close()
+        self.write_metrics()
+        return self.history
+
+
+class Trainer(RunLoop):
     """Holds the policy, optimiser(s), environments and logs of one run."""
 
     def __init__(self, cfg: TrainConfig):
@@ -97,8 +183,7 @@ class Trainer:
         self.run_dir = cfg.run_dir()
         self.pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
         self.eval_pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
-        probe = self.pool.get(1)[0].unwrapped
-        self.eval_seeds = [int(s) for s in list(getattr(probe, "EVAL_SEEDS", range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + 1000)))[: cfg.eval_episodes]]
+        self.eval_seeds = self.held_out_seeds()
         kwargs = {"hidden": cfg.hidden} if cfg.policy == "text" else {}
         self.policy = make_policy(cfg.policy, seed=cfg.seed, **kwargs)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
@@ -111,11 +196,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ seeds
-    def task_seeds(self, iteration: int) -> list[int]:
-        rng = np.random.default_rng([self.cfg.seed, iteration, 1])
-        high = self.cfg.n_train_tasks or TRAIN_SEED_RANGE
-        return rng.choice(high, size=self.cfg.tasks_per_iter, replace=self.cfg.tasks_per_iter > high).tolist()
-
     def action_generator(self, iteration: int) -> torch.Generator:
         return torch.Generator().manual_seed(int(np.random.default_rng([self.cfg.seed, iteration, 2]).integers(2**62)))
 
@@ -180,24 +260,10 @@ class Trainer:
         upd = self.update(rollout, targets["advantages"], targets)
         t3 = time.perf_counter()
         self.env_steps += rollout.n_steps
-        a = targets["advantages"]
-        row: dict[str, Any] = {
-            "iteration": self.iteration, "env_steps": self.env_steps, "success": rollout.success_rate,
-            "return": float(rollout.traj_return.mean()), "episode_length": float(rollout.traj_length.mean()),
-            "invalid_rate": float(rollout.invalid.mean()) if len(rollout.invalid) else 0.0,
-            "adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_zero_frac": float(np.mean(np.abs(a) < 1e-8)),
-            **upd, **anchor_histogram(rollout),
+        return self.record({
+            **self.iteration_metrics(rollout, targets["advantages"]), **upd, **anchor_histogram(rollout),
             "time_rollout": t1 - t0, "time_advantage": t2 - t1, "time_update": t3 - t2,
-        }
-        if cfg.eval_every and (self.iteration % cfg.eval_every == 0 or self.done()):
-            row.update(self.evaluate())
-        self.history.append(row)
-        return row
-
-    def done(self) -> bool:
-        """The run is over: all iterations done, or the environment-step budget spent."""
-        budget = self.cfg.env_step_budget
-        return self.iteration >= self.cfg.iterations or (budget > 0 and self.env_steps >= budget)
+        })
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_path(self) -> str:
@@ -221,12 +287,7 @@ class Trainer:
         if not os.path.exists(path):
             return False
         state = torch.load(path, weights_only=False)
-        saved = {k: v for k, v in state["config"].items()
-                 if k not in ("iterations", "env_step_budget", "resume", "progress", "out_dir", "checkpoint_every", "eval_every")}
-        current = {k: v for k, v in self.cfg.to_dict().items() if k in saved}
-        if saved != current:
-            diff = {k: (saved[k], current[k]) for k in saved if saved[k] != current[k]}
-            raise ValueError(f"checkpoint {path} was written with a different configuration: {diff} (saved, now)")
+        self.check_resumable(state["config"], path)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.value_net is not None:
@@ -235,48 +296,10 @@ class Trainer:
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
-    def write_metrics(self) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
-        with open(os.path.join(self.run_dir, "config.json"), "w") as fh:
-            json.dump(self.cfg.to_dict(), fh, indent=2)
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
-            for row in self.history:
-                fh.write(json.dumps(row) + "\n")
-        write_csv(self.history, os.path.join(self.run_dir, "metrics.csv"))
-
-    # ------------------------------------------------------------------ the loop
-    def train(self) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        if cfg.resume and self.load_checkpoint():
-            pass
-        bar = None
-        if cfg.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.algo} seed {cfg.seed}", dynamic_ncols=True)
-        try:
-            while not self.done():
-                row = self.step()
-                if bar is not None:
-                    post = {"succ": f"{row['success']:.2f}", "steps": row["env_steps"]}
-                    if "eval_success" in row:
-                        post["eval"] = f"{row['eval_success']:.2f}"
-                    bar.set_postfix(post)
-                    bar.update(1)
-                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
-                    self.save_checkpoint()
-                    self.write_metrics()
-        finally:
-            if bar is not None:
-                bar.close()
-            self.pool.close()
-            self.eval_pool.close()
-        self.write_metrics()
-        return self.history
-
 
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train one run and return its per-iteration metrics (also written to ``cfg.run_dir()``)."""
     return Trainer(cfg).train()
 
 
-__all__ = ["Trainer", "train", "compute_advantages", "write_csv", "anchor_histogram", "TRAIN_SEED_RANGE"]
+__all__ = ["RunLoop", "Trainer", "train", "compute_advantages", "write_csv", "anchor_histogram", "TRAIN_SEED_RANGE"]

@@ -34,7 +34,7 @@ def test_headline_table_from_known_rows():
 
 
 def test_eval_curve_keeps_only_evaluated_iterations():
-    x, y = bench._eval_curve([{"env_steps": 10}, {"env_steps": 20, "eval_success": 0.5}, {"env_steps": 40, "eval_success": 0.75}])
+    x, y = bench.eval_curve([{"env_steps": 10}, {"env_steps": 20, "eval_success": 0.5}, {"env_steps": 40, "eval_success": 0.75}])
     np.testing.assert_array_equal(x, [20, 40])
     np.testing.assert_array_equal(y, [0.5, 0.75])
 

@@ -33,8 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..batch import StepBatch
-from ..rollout import EnvPool, Rollout
+from ..rollout import EnvPool, Rollout, rollout_fields
 from .parsing import parse_action
 from .policy import LMPolicy, SamplingSettings
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, extract_task
@@ -68,10 +67,6 @@ class LMRollout(Rollout):
     generation_time: float = 0.0       # seconds inside generate()
     scoring_time: float = 0.0          # seconds scoring log π_old
     dropped_history: int = 0           # prompts that lost history pairs to fit max_prompt_tokens
-
-    @property
-    def invalid_rate(self) -> float:
-        return float(self.invalid.mean()) if len(self.invalid) else 0.0
 
     @property
     def format_error_rate(self) -> float:
@@ -204,17 +199,8 @@ def collect_lm(
         token_logp = [lp[r, mask[r]].copy() for r in range(len(lp))]
         seq_logp = np.asarray([x.sum(dtype=np.float64) for x in token_logp])
     score_time = time.perf_counter() - t0
-    traj = np.asarray(rows["traj"], dtype=np.int64)
-    batch = StepBatch(
-        group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
-        obs_key=rows["obs"], next_obs_key=rows["next_obs"], reward=rows["reward"],
-        terminated=rows["terminated"], truncated=rows["truncated"],
-    )
     return LMRollout(
-        batch=batch, observations=rows["obs"], next_observations=rows["next_obs"], admissible=rows["adm"],
-        actions=np.asarray(rows["action"], dtype=np.int64), logp=seq_logp,
-        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=ret, traj_length=steps,
-        traj_won=won, traj_task=task_of,
+        **rollout_fields(rows, group_of, task_of, ret, steps, won, seq_logp),
         prompts=rows["prompt"], responses=rows["response"], prompt_ids=rows["prompt_ids"],
         response_ids=rows["response_ids"], commands=rows["command"], parse_reason=rows["reason"],
         finished=np.asarray(rows["finished"], dtype=bool), token_logp=token_logp,

@@ -27,7 +27,6 @@ and the iteration, so a resumed run continues the same sequence of tasks (and, o
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -35,7 +34,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +42,7 @@ import torch
 from ..config import ANCHOR_MATCHES, NORMS, TrainConfig, _f
 from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss
 from ..rollout import EnvPool, make_env_fn
-from ..trainer import TRAIN_SEED_RANGE, anchor_histogram, compute_advantages
+from ..trainer import RunLoop, anchor_histogram, compute_advantages
 from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right
 from .rollout import LMRollout, collect_lm
 
@@ -60,6 +59,10 @@ ESTIMATOR_FIELDS = ("algo", "gamma", "lam", "norm", "step_weight", "reinforce_ba
 @dataclass
 class LMTrainConfig:
     """Configuration of one language-model training run. Field docs are the CLI's help."""
+
+    #: fields that may change between a checkpoint and the run that resumes it
+    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every",
+                                            "eval_episodes", "threads", "device", "gen_batch_size", "micro_batch_size")
 
     # --- model
     model: str = _f("tiny", "Hugging Face model name or local folder; 'tiny' = the offline tiny Llama with format warm-up, 'tiny-random' without")
@@ -180,9 +183,6 @@ class LMTrainConfig:
         return dataclasses.asdict(self)
 
 
-# Fields that may change between a checkpoint and the run that resumes it.
-_RESUMABLE = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every", "eval_episodes",
-              "threads", "device", "gen_batch_size", "micro_batch_size")
 _DIAG_MEAN = ("loss", "policy_loss", "kl_ref", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std")
 
 
@@ -217,7 +217,7 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
         entropy=out[2] if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef, aggregation=cfg.aggregation)
 
 
-class LMTrainer:
+class LMTrainer(RunLoop):
     """Holds the LM policy, its optimizer, the environments and the logs of one run.
 
     Args:
@@ -247,10 +247,7 @@ class LMTrainer:
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.pool = pool or EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
         self.eval_pool = eval_pool or EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
-        eval_seeds = range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + 1000)
-        if isinstance(self.eval_pool, EnvPool):
-            eval_seeds = getattr(self.eval_pool.get(1)[0].unwrapped, "EVAL_SEEDS", eval_seeds)
-        self.eval_seeds = [int(s) for s in list(eval_seeds)[: cfg.eval_episodes]]
+        self.eval_seeds = self.held_out_seeds()
         self.eval_hook = eval_hook
         self.estimator_cfg = cfg.estimator_config()
         self.iteration = 0
@@ -258,11 +255,6 @@ class LMTrainer:
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ seeds
-    def task_seeds(self, iteration: int) -> list[int]:
-        rng = np.random.default_rng([self.cfg.seed, iteration, 1])
-        high = self.cfg.n_train_tasks or TRAIN_SEED_RANGE
-        return rng.choice(high, size=self.cfg.tasks_per_iter, replace=self.cfg.tasks_per_iter > high).tolist()
-
     def sampling_seed(self, iteration: int) -> int:
         return int(np.random.default_rng([self.cfg.seed, iteration, 2]).integers(2**31 - 2**20))
 
@@ -346,7 +338,6 @@ class LMTrainer:
 
     # ------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, Any]:
-        cfg = self.cfg
         self.iteration += 1
         t0 = time.perf_counter()
         rollout = self.rollout()
@@ -357,15 +348,11 @@ class LMTrainer:
         upd = self.update(rollout, targets["advantages"], ref_logp)
         t3 = time.perf_counter()
         self.env_steps += rollout.n_steps
-        a = targets["advantages"]
         row: dict[str, Any] = {
-            "iteration": self.iteration, "env_steps": self.env_steps, "success": rollout.success_rate,
-            "return": float(rollout.traj_return.mean()), "episode_length": float(rollout.traj_length.mean()),
-            "invalid_rate": rollout.invalid_rate, "format_error_rate": rollout.format_error_rate,
+            **self.iteration_metrics(rollout, targets["advantages"]), "format_error_rate": rollout.format_error_rate,
             "truncated_response_rate": float(1.0 - rollout.finished.mean()),
             "response_tokens": float(np.mean([len(r) for r in rollout.response_ids])),
             "prompt_tokens": float(np.mean([len(p) for p in rollout.prompt_ids])),
-            "adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_zero_frac": float(np.mean(np.abs(a) < 1e-8)),
             **upd, **anchor_histogram(rollout),
             "gen_tokens_per_s": rollout.generated_tokens / max(rollout.generation_time, 1e-9),
             "update_tokens_per_s": upd["update_tokens"] / max(t3 - t2, 1e-9),
@@ -373,13 +360,7 @@ class LMTrainer:
         }
         if torch.cuda.is_available() and self.policy.device.type == "cuda":
             row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.policy.device) / 2**30
-        if cfg.eval_every and (self.iteration % cfg.eval_every == 0 or self.done()):
-            row.update(self.evaluate())
-        self.history.append(row)
-        return row
-
-    def done(self) -> bool:
-        return self.iteration >= self.cfg.iterations
+        return self.record(row)
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_path(self) -> str:
@@ -409,60 +390,18 @@ class LMTrainer:
             return False
         with open(state_file) as fh:
             state = json.load(fh)
-        saved = {k: v for k, v in state["config"].items() if k not in _RESUMABLE}
-        current = {k: v for k, v in self.cfg.to_dict().items() if k in saved}
-        if saved != current:
-            diff = {k: (saved[k], current.get(k)) for k in saved if saved[k] != current.get(k)}
-            raise ValueError(f"checkpoint {path} was written with a different configuration: {diff} (saved, now)")
+        self.check_resumable(state["config"], path)
         self.policy.load_trainable(path)
         self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=self.policy.device))
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
-    def write_metrics(self) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
-        with open(os.path.join(self.run_dir, "config.json"), "w") as fh:
-            json.dump(self.cfg.to_dict(), fh, indent=2)
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
-            for row in self.history:
-                fh.write(json.dumps(row) + "\n")
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        with open(os.path.join(self.run_dir, "metrics.csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
+    # ------------------------------------------------------------------ the loop (RunLoop.train)
+    def progress_desc(self) -> str:
+        return f"{self.cfg.algo} {self.cfg.model}"
 
-    # ------------------------------------------------------------------ the loop
-    def train(self) -> list[dict[str, Any]]:
-        cfg = self.cfg
-        if cfg.resume:
-            self.load_checkpoint()
-        bar = None
-        if cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=f"{cfg.algo} {cfg.model}", dynamic_ncols=True)
-        try:
-            while not self.done():
-                row = self.step()
-                if bar is not None:
-                    post = {"succ": f"{row['success']:.2f}", "invalid": f"{row['invalid_rate']:.2f}"}
-                    if "eval_success" in row:
-                        post["eval"] = f"{row['eval_success']:.2f}"
-                    bar.set_postfix(post)
-                    bar.update(1)
-                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
-                    self.save_checkpoint()
-                    self.write_metrics()
-        finally:
-            if bar is not None:
-                bar.close()
-            self.pool.close()
-            self.eval_pool.close()
-        self.write_metrics()
-        return self.history
+    def progress_postfix(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"succ": f"{row['success']:.2f}", "invalid": f"{row['invalid_rate']:.2f}"}
 
 
 def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,

@@ -183,6 +183,6 @@ def headline_table(rows: list[dict[str, Any]], algos: Sequence[str], seeds: Sequ
             hit.append(reached[0] if reached else np.inf)
         med_hit = float(np.median(hit)) if hit else np.inf
         hit_txt = f"{med_hit:,.0f}" if np.isfinite(med_hit) else "not reached"
-        lines.append(f"| {a} | {np.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}] | {hit_txt} | {steps:,} |")
+        lines.append(f"| {a} | {np.median(finals):.2f} [{min(finals):.2f}, {max(finals):.2f}] | {hit_txt} | {int(steps):,} |")
     lines.append(f"| uniform random policy | {random_success:.2f} | — | — |")
     return "\n".join(lines)

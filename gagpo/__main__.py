@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_head.add_argument("--figures-dir", default=None, help="where to write the figure and tables (default: figures/)")
 
     p_bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print tables.")
-    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration}")
+    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration,lm}")
     p_tp = bsub.add_parser("throughput", help="rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes",
                            description="Time the estimators on synthetic batches (groups × 8 trajectories × 50 steps, ~60 distinct observations per group).")
     p_tp.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="numbers of rollout groups (default: %(default)s)")
@@ -76,7 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
                                        "writes figures/iteration_time.{png,md,csv}.")
     p_it.add_argument("--iterations", type=int, default=30, help="iterations per algorithm (default: %(default)s)")
     p_it.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
+
+    # a language model of real shape with random weights (gagpo.llm.bench; defaults = LMBenchSettings')
+    p_lm = bsub.add_parser("lm", help="env steps/s and peak memory of rollout, scoring and update for a Qwen2.5-shaped LM",
+                           description="Build a model with the shape of Qwen2.5-0.5B or -1.5B (written out, random weights, nothing "
+                                       "downloaded), then time one rollout (generate), one scoring pass (log-probs, no grad) and one "
+                                       "update (PPO-clip loss, backward, AdamW) on random token ids; prints a Markdown table with an "
+                                       "extrapolation to one iteration of the ALFWorld recipe and writes it to --out and a .csv beside it.")
+    p_lm.add_argument("--model-config", choices=LM_BENCH_MODELS, default="qwen2.5-0.5b",
+                      help="model shape; tiny is a 2-layer model for smoke tests (default: %(default)s)")
+    p_lm.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default: %(default)s)")
+    p_lm.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                      help="auto: float32 on a CPU; on a GPU bf16 weights with LoRA, fp32 weights + bf16 autocast without (default: %(default)s)")
+    p_lm.add_argument("--batch", type=int, default=64, help="prompts per generate call = rows per update (default: %(default)s)")
+    p_lm.add_argument("--prompt-tokens", type=int, default=512,
+                      help="tokens per prompt (random ids); ~ an ALFWorld step prompt with history 2 (default: %(default)s)")
+    p_lm.add_argument("--new-tokens", type=int, default=256, help="tokens per response, exactly (EOS is off) (default: %(default)s)")
+    p_lm.add_argument("--micro-batch", type=int, default=8, help="rows per forward (scoring) and per forward/backward (update) (default: %(default)s)")
+    p_lm.add_argument("--lora-r", type=int, default=0, help="LoRA rank (peft, alpha 32, all linear layers); 0 = full-parameter training (default: %(default)s)")
+    p_lm.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                      help="recompute activations in the backward pass (default: %(default)s)")
+    p_lm.add_argument("--repeats", type=int, default=1, help="timed repeats of each phase; the fastest is reported (default: %(default)s)")
+    p_lm.add_argument("--avg-steps", type=float, default=25.0,
+                      help="assumed mean episode length for the extrapolation to one recipe iteration (default: %(default)s)")
+    p_lm.add_argument("--seed", type=int, default=0, help="seed of the weights, token ids and sampling (default: %(default)s)")
+    p_lm.add_argument("--out", default="figures/lm_throughput.md",
+                      help="write the table here and a .csv beside it; '' to skip (default: %(default)s)")
     return parser
+
+
+LM_BENCH_MODELS = ("tiny", "qwen2.5-0.5b", "qwen2.5-1.5b")
+"""``gagpo.llm.bench.MODEL_CONFIGS``' names, repeated here so that building the parser imports no torch."""
 
 
 ENV_ALIASES = {"alfworld": "gagpo/ALFWorld-v0", "keydoor": "toy_envs/KeyDoor-v0", "household": "toy_envs/MiniHousehold-v0"}
@@ -84,12 +114,27 @@ ENV_ALIASES = {"alfworld": "gagpo/ALFWorld-v0", "keydoor": "toy_envs/KeyDoor-v0"
 
 def build_lm_parser() -> argparse.ArgumentParser:
     """``python -m gagpo train --model NAME ...``: a language-model policy (gagpo.llm.train.LMTrainConfig)."""
-    from .llm.train import LMTrainConfig
+    from .llm.train import LM_ALGOS, LMTrainConfig
 
     parser = argparse.ArgumentParser(
         prog="python -m gagpo train --model NAME",
-        description="Train a Hugging Face causal LM (or --model tiny, the offline tiny model) as a text agent. "
-                    f"--env accepts a gymnasium id or one of the aliases {sorted(ENV_ALIASES)}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train a Hugging Face causal LM (or --model tiny, the offline tiny model) as a text agent:\n"
+            "rollout -> advantages -> PPO-clip update with an action-level ratio (gagpo.llm.train).\n"
+            f"--algo: {', '.join(LM_ALGOS)} (ppo learns a value head on the model; the others need no critic).\n"
+            f"--env accepts a gymnasium id or one of the aliases {sorted(ENV_ALIASES)}.\n"
+            "Evaluation: greedy episodes every --eval-every iterations, on ALFWorld per held-out split\n"
+            "(--eval-splits, default valid_seen and valid_unseen) and per task type.\n"
+            "Writes metrics.jsonl, metrics.csv, curves.png and a checkpoint to --out-dir."),
+        epilog=(
+            "examples:\n"
+            "  python -m gagpo train --model tiny --iterations 2              # MiniHousehold, offline, CPU\n"
+            "  python -m gagpo train --model tiny --env alfworld --env-kwargs '{\"data_dir\": \"tests/fixtures/alfworld\"}' \\\n"
+            "      --iterations 2 --tasks-per-iter 2 --group-size 2 --max-steps 3 --max-new-tokens 16\n"
+            "  python -m gagpo train --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --num-workers 8\n"
+            "  python -m gagpo train --model tiny --algo ppo --iterations 2   # PPO with a learned critic\n"
+            "  ... add --resume to continue a run from the checkpoint in --out-dir"),
     )
     add_dataclass_arguments(parser, LMTrainConfig)
     return parser
@@ -102,13 +147,15 @@ def train_lm_main(argv: list[str]) -> int:
     args.env = ENV_ALIASES.get(args.env, args.env)
     try:
         cfg = dataclass_from_args(LMTrainConfig, args)
+        splits = cfg.eval_split_names()
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     history = train_lm(cfg)
     last = history[-1] if history else {}
-    print(json.dumps({k: last[k] for k in ("iteration", "env_steps", "success", "invalid_rate", "eval_success") if k in last}))
-    print(f"metrics and checkpoint in {cfg.run_dir()}")
+    keys = ("iteration", "env_steps", "success", "invalid_rate", "eval_success", *(f"eval_{s}_success" for s in splits))
+    print(json.dumps({k: last[k] for k in keys if k in last}))
+    print(f"metrics, curves.png and checkpoint in {cfg.run_dir()}")
     return 0
 
 
@@ -163,6 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         from .credit import iteration_time
 
         iteration_time(args.iterations, figures_dir=args.figures_dir)
+        return 0
+    if args.command == "bench" and args.bench == "lm":
+        from .llm.bench import lm_throughput, settings_from_args
+
+        try:
+            settings = settings_from_args(args)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        lm_throughput(settings, out=args.out or None, command="python -m gagpo " + " ".join(argv))
         return 0
     return 2
 

@@ -77,3 +77,41 @@ def learning_curves(
         ax.set_title(title)
     ax.legend()
     return ax
+
+
+def metric_curves(
+    history: Sequence[Mapping[str, float]],
+    keys: Sequence[str],
+    x: str = "env_steps",
+    ax=None,
+    labels: Mapping[str, str] | None = None,
+    xlabel: str = "environment steps",
+    ylabel: str = "",
+    title: str | None = None,
+    **line_kwargs,
+):
+    """One run's metrics against ``x``: one line per key, from the rows of ``history`` that hold it.
+
+    ``history`` is a run's list of per-iteration metric rows (``metrics.jsonl``); a key logged only
+    at some iterations (evaluations) is drawn through those rows, with markers. ``labels`` renames
+    keys in the legend; ``line_kwargs`` go to every ``ax.plot`` (e.g. ``linestyle="--"``).
+    """
+    plt = use_style()
+    if ax is None:
+        _, ax = plt.subplots()
+    for key in keys:
+        pts = [(float(row[x]), float(row[key])) for row in history if key in row and x in row and row[key] is not None]
+        if not pts:
+            continue
+        xs, ys = np.asarray(pts).T
+        sparse = len(pts) < len(history) or len(pts) == 1  # evaluations only, or a lone point
+        style = {"marker": "o" if sparse else None, "markersize": 3, **line_kwargs}
+        ax.plot(xs, ys, label=(labels or {}).get(key, key), **style)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if ax.get_lines():
+        ax.legend(fontsize="small")
+    return ax

@@ -1,11 +1,15 @@
 """LM training: the action-level ratio is shared by an action's tokens; two iterations on the tiny model change
-the parameters, log metrics and resume exactly from a checkpoint; LoRA trains only the adapters."""
+the parameters, log metrics, draw curves.png and resume exactly from a checkpoint; LoRA trains only the adapters;
+held-out evaluation per split and task type; environments in worker processes that end with the run."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import multiprocessing as mp
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +20,8 @@ import torch  # noqa: E402
 from gagpo.config import add_dataclass_arguments, dataclass_from_args  # noqa: E402
 from gagpo.llm.policy import LMPolicy  # noqa: E402
 from gagpo.llm.tiny import tiny_model_path  # noqa: E402
-from gagpo.llm.train import LM_ALGOS, LMTrainConfig, LMTrainer, action_level_loss, train_lm  # noqa: E402
+from gagpo.llm.train import (LM_ALGOS, LMTrainConfig, LMTrainer, action_level_loss, evaluation_metrics,  # noqa: E402
+                              train_lm)
 from gagpo.trainer import compute_advantages  # noqa: E402
 
 TIMING = ("time_rollout", "time_reference", "time_update", "gen_tokens_per_s", "update_tokens_per_s")
@@ -90,6 +95,8 @@ def test_two_iterations_change_parameters_log_metrics_and_resume_exactly(tmp_pat
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as fh:
         assert [json.loads(line)["iteration"] for line in fh] == [1, 2]
     assert open(os.path.join(cfg.out_dir, "metrics.csv")).readline().startswith("iteration,")
+    assert os.path.getsize(os.path.join(cfg.out_dir, "curves.png")) > 0
+    assert not trainer.eval_sets[0].split and trainer.eval_seeds == [10_000, 10_001]  # MiniHousehold: its EVAL_SEEDS
     ckpt = os.path.join(cfg.out_dir, "checkpoint")
     assert {"model.safetensors", "optimizer.pt", "trainer_state.json", "tokenizer.json"} <= set(os.listdir(ckpt))
 
@@ -149,10 +156,76 @@ def test_config_documents_every_field_and_rejects_unknown_modes(tmp_path):
     defaults = LMTrainConfig()
     assert (defaults.group_size, defaults.tasks_per_iter, defaults.gamma, defaults.lam, defaults.history, defaults.max_steps,
             defaults.kl_coef, defaults.invalid_penalty, defaults.learning_rate) == (8, 16, 0.95, 0.95, 2, 50, 0.01, 0.1, 1e-6)
-    assert set(LM_ALGOS) == {"reinforce", "grpo", "rloo", "gigpo", "gagpo"}
-    with pytest.raises(ValueError, match="unknown algo 'ppo'"):
-        LMTrainConfig(algo="ppo")
+    assert set(LM_ALGOS) == {"reinforce", "grpo", "rloo", "gigpo", "gagpo", "ppo"}
+    with pytest.raises(ValueError, match="unknown algo 'a2c'"):
+        LMTrainConfig(algo="a2c")
     with pytest.raises(ValueError, match="unknown ratio_level"):
         LMTrainConfig(ratio_level="sequence")
     with pytest.raises(ValueError, match="group_size"):
         LMTrainConfig(group_size=0)
+
+
+def test_eval_splits_resolve_from_the_environment():
+    assert LMTrainConfig().eval_split_names() == []  # MiniHousehold takes no split: its own EVAL_SEEDS
+    assert LMTrainConfig(env="gagpo/ALFWorld-v0").eval_split_names() == ["valid_seen", "valid_unseen"]
+    assert LMTrainConfig(env="gagpo/ALFWorld-v0", eval_splits=" valid_unseen ").eval_split_names() == ["valid_unseen"]
+    assert LMTrainConfig(env="gagpo/ALFWorld-v0", eval_splits="").eval_split_names() == []
+    with pytest.raises(ValueError, match="split"):
+        LMTrainConfig(eval_splits="valid_seen").eval_split_names()
+    for bad in ("valid_seen,,valid_unseen", "a,a"):
+        with pytest.raises(ValueError, match="eval_splits"):
+            LMTrainConfig(eval_splits=bad)
+    with pytest.raises(ValueError, match="num_workers"):
+        LMTrainConfig(num_workers=-1)
+
+
+def test_evaluation_metrics_pool_episodes_and_split_them_by_task_type():
+    def episodes(won, types, invalid):
+        return SimpleNamespace(traj_won=np.array(won), traj_task_type=types, invalid=np.array(invalid),
+                               traj_return=np.array(won, dtype=float), traj_length=np.full(len(won), 2))
+
+    seen = episodes([True, False, True], ["put", "heat", "put"], [False, True, False, False, False, False])
+    unseen = episodes([False, False], ["put", "cool"], [True, True, False, False])
+    m = evaluation_metrics([seen], "eval_valid_seen_")
+    assert m["eval_valid_seen_success"] == pytest.approx(2 / 3) and m["eval_valid_seen_episodes"] == 3
+    assert m["eval_valid_seen_put_success"] == 1.0 and m["eval_valid_seen_heat_success"] == 0.0
+    assert m["eval_valid_seen_invalid_rate"] == pytest.approx(1 / 6)
+    pooled = evaluation_metrics([seen, unseen], "eval_", by_task_type=False)
+    assert pooled["eval_success"] == pytest.approx(2 / 5) and pooled["eval_invalid_rate"] == pytest.approx(3 / 10)
+    assert not any(k.endswith(("put_success", "cool_success")) for k in pooled)
+    untyped = evaluation_metrics([episodes([True], [], [False, False])])
+    assert set(untyped) == {"eval_success", "eval_return", "eval_length", "eval_invalid_rate", "eval_episodes"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("alfworld") is None, reason='ALFWorld is not installed: pip install -e ".[alfworld]"')
+def test_alfworld_eval_per_split_and_task_type_in_worker_processes(tmp_path, monkeypatch):
+    """Two worker processes per pool, one iteration with an evaluation on valid_seen and valid_unseen; every worker
+    has exited when train() returns."""
+    from gagpo.envs import FIXTURES_DIR, TASK_TYPES, ProcessEnvPool, list_games
+
+    monkeypatch.setenv("ALFWORLD_DATA", str(FIXTURES_DIR))  # importing alfworld would create ~/.cache/alfworld
+    before = set(mp.active_children())
+    cfg = small(tmp_path, "alfworld", env="gagpo/ALFWorld-v0", env_kwargs={"data_dir": str(FIXTURES_DIR)}, iterations=1,
+                tasks_per_iter=2, group_size=2, max_steps=3, max_new_tokens=16, eval_every=1, eval_episodes=5,
+                num_workers=2)
+    pids: list[int] = []
+    trainer = LMTrainer(cfg, eval_hook=lambda tr: pids.extend(
+        pid for pool in [tr.pool] + [s.pool for s in tr.eval_sets] for pid in pool.worker_pids) or {})
+    assert isinstance(trainer.pool, ProcessEnvPool) and [s.split for s in trainer.eval_sets] == ["valid_seen", "valid_unseen"]
+    n_games = {split: len(list_games(FIXTURES_DIR, split)) for split in ("valid_seen", "valid_unseen")}
+    assert [len(s.seeds) for s in trainer.eval_sets] == [min(5, n_games["valid_seen"]), min(5, n_games["valid_unseen"])]
+    (row,) = trainer.train()
+    assert len(pids) == 6 and all(pids), pids  # 2 training + 2 × 2 evaluation workers, all started
+    assert set(mp.active_children()) <= before, "worker processes outlived the run"
+    assert all(w is None for pool in [trainer.pool] + [s.pool for s in trainer.eval_sets] for w in pool._workers)
+    total = 0
+    for split in ("valid_seen", "valid_unseen"):
+        assert row[f"eval_{split}_episodes"] == n_games[split]
+        assert 0 <= row[f"eval_{split}_success"] <= 1 and 0 <= row[f"eval_{split}_invalid_rate"] <= 1
+        types = [k[len(f"eval_{split}_"):-len("_success")] for k in row
+                 if k.startswith(f"eval_{split}_") and k.endswith("_success") and k != f"eval_{split}_success"]
+        assert len(types) == 3 and set(types) <= set(TASK_TYPES), types  # the fixtures hold three task types
+        total += row[f"eval_{split}_success"] * n_games[split]
+    assert row["eval_success"] == pytest.approx(total / sum(n_games.values()))
+    assert row["eval_episodes"] == sum(n_games.values())
+    assert os.path.getsize(os.path.join(cfg.out_dir, "curves.png")) > 0

@@ -7,16 +7,18 @@ The pieces, kept apart as the rest of the library keeps environment, rollout and
     tiny.py      an offline tiny Llama + word-level tokenizer (no download)
     policy.py    LMPolicy: batched sampling, teacher-forced token log-probs (current/old/reference)
     rollout.py   collect_lm: group rollouts with generated text -> StepBatch + token data
-    train.py     LMTrainConfig, train_lm: rollout -> gagpo.advantages -> ppo_clip_loss
+    value.py     ValueHead: a learned critic V(s) on the policy's hidden state (algo "ppo")
+    train.py     LMTrainConfig, train_lm: rollout -> gagpo.advantages -> ppo_clip_loss; evaluation per split
 
-Only ``policy``, ``rollout`` and ``train`` need torch; ``transformers`` is imported when a model is built.
+Only ``policy``, ``rollout``, ``value`` and ``train`` need torch; ``transformers`` is imported when a model is built.
 """
 from .parsing import ParsedAction, normalize_command, parse_action
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_messages, build_prompt, extract_task, render_prompt
 from .tiny import build_tiny_model, build_tiny_tokenizer, tiny_model_path
 from .policy import Generation, LMPolicy, LoraSettings, SamplingSettings
 from .rollout import NO_ACTION, LMRollout, collect_lm
-from .train import LM_ALGOS, LMTrainConfig, LMTrainer, train_lm
+from .value import ValueHead, next_state_values
+from .train import LM_ALGOS, EvalSet, LMTrainConfig, LMTrainer, evaluation_metrics, train_lm
 
 __all__ = [
     "ParsedAction", "parse_action", "normalize_command",
@@ -24,5 +26,6 @@ __all__ = [
     "build_tiny_model", "build_tiny_tokenizer", "tiny_model_path",
     "LMPolicy", "LoraSettings", "SamplingSettings", "Generation",
     "LMRollout", "collect_lm", "NO_ACTION",
-    "LMTrainConfig", "LMTrainer", "train_lm", "LM_ALGOS",
+    "ValueHead", "next_state_values",
+    "LMTrainConfig", "LMTrainer", "train_lm", "LM_ALGOS", "EvalSet", "evaluation_metrics",
 ]

@@ -262,6 +262,13 @@ class LMPolicy:
         """The trainable parameters (the adapters with LoRA, every weight otherwise)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    @property
+    def backbone(self) -> Any:
+        """The transformer without its language-model head (LoRA adapters included, when present):
+        its ``last_hidden_state`` is the final, normalised hidden state that the head reads."""
+        base = self.model.get_base_model() if self.is_lora else self.model
+        return base.base_model
+
     def has_reference(self) -> bool:
         return self.is_lora or self.reference_model is not None
 
@@ -350,6 +357,7 @@ class LMPolicy:
         reference: bool = False,
         temperature: float = 1.0,
         return_entropy: bool = False,
+        return_hidden: bool = False,
         micro_batch_size: int | None = None,
     ):
         r"""Teacher-forced log-probabilities of each response token: ``(logp, mask)``, both ``(B, T)``.
@@ -369,6 +377,10 @@ class LMPolicy:
             temperature: τ of the sampling distribution.
             return_entropy: also return the per-token entropy of the (tempered) next-token
                 distribution, ``(B, T)``, as a third element (with grad when ``grad``).
+            return_hidden: also return, last, the final hidden state at each prompt's last token,
+                ``(B, H)`` float32 (with grad when ``grad``) — what a value head reads
+                (:class:`gagpo.llm.value.ValueHead`); causal attention makes it independent of the
+                response, so it equals :meth:`prompt_hidden` of the prompt alone.
             micro_batch_size: rows per forward pass; default ``self.micro_batch_size``.
         """
         if reference and grad:
@@ -390,15 +402,17 @@ class LMPolicy:
             model, ctx = self.model, self.model.disable_adapter()
         else:
             model, ctx = self.model, contextlib.nullcontext()
-        logp_parts, ent_parts, rows = [], [], []
+        logp_parts, ent_parts, hid_parts, rows = [], [], [], []
         with ctx, torch.set_grad_enabled(grad):
             for start in range(0, n, mb):
                 idx = order[start:start + mb]
-                lp, ent = self._score(model, [p_ids[i] for i in idx], [r_ids[i] for i in idx], temperature,
-                                      return_entropy)
+                lp, ent, hid = self._score(model, [p_ids[i] for i in idx], [r_ids[i] for i in idx], temperature,
+                                           return_entropy, return_hidden)
                 logp_parts.append(torch.nn.functional.pad(lp, (0, width - lp.shape[1])))
                 if return_entropy:
                     ent_parts.append(torch.nn.functional.pad(ent, (0, width - ent.shape[1])))
+                if return_hidden:
+                    hid_parts.append(hid)
                 rows += idx
         inverse = torch.empty(n, dtype=torch.long)
         inverse[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(n)
@@ -407,20 +421,53 @@ class LMPolicy:
         logp = torch.cat(logp_parts)[inverse] if n else torch.zeros((0, width), device=device)
         lengths = torch.as_tensor([len(r) for r in r_ids], dtype=torch.long, device=device)
         mask = torch.arange(width, device=device)[None, :] < lengths[:, None]
+        out = [logp, mask]
         if return_entropy:
-            entropy = torch.cat(ent_parts)[inverse] if n else torch.zeros((0, width), device=device)
-            return logp, mask, entropy
-        return logp, mask
+            out.append(torch.cat(ent_parts)[inverse] if n else torch.zeros((0, width), device=device))
+        if return_hidden:
+            out.append(torch.cat(hid_parts)[inverse] if n else torch.zeros((0, self.hidden_size), device=device))
+        return tuple(out)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width H of the model's hidden states."""
+        return int(self.model.config.hidden_size)
+
+    def prompt_hidden(self, prompts: Sequence[str] | TokenRows, *, grad: bool = False,
+                      micro_batch_size: int | None = None) -> torch.Tensor:
+        """``(B, H)`` float32: the final hidden state (after the last norm) at each prompt's last token.
+
+        One forward pass of :attr:`backbone` (no language-model head, no logits) per micro-batch of
+        left-padded prompts, rows sorted by length; the current policy (adapters on).
+        """
+        p_ids = self._as_ids(prompts, prompts=True)
+        n, mb = len(p_ids), micro_batch_size or self.micro_batch_size
+        order = sorted(range(n), key=lambda i: len(p_ids[i]))
+        parts = []
+        with torch.set_grad_enabled(grad):
+            for start in range(0, n, mb):
+                ids, attn = self._left_pad([p_ids[i] for i in order[start:start + mb]])
+                with self._autocast():
+                    out = self.backbone(input_ids=ids, attention_mask=attn,
+                                        position_ids=(attn.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+                parts.append(out.last_hidden_state[:, -1].float())
+        if not n:
+            return torch.zeros((0, self.hidden_size), device=self.device)
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(n)
+        return torch.cat(parts)[inverse.to(self.device)]
 
     def _score(self, model: Any, prompts: TokenRows, responses: TokenRows, temperature: float,
-               entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One micro-batch: (B, T_mb) log-probs (0 on padding) and optionally entropies."""
+               entropy: bool, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One micro-batch: (B, T_mb) log-probs (0 on padding), optionally entropies and the (B, H)
+        final hidden state at each prompt's last token."""
         b = len(prompts)
         p_width = max(len(p) for p in prompts)
         t_width = max(len(r) for r in responses)
         if t_width == 0:
             empty = torch.zeros((b, 0), device=self.device)
-            return empty, (empty if entropy else None)
+            h = self.prompt_hidden(prompts, grad=torch.is_grad_enabled(), micro_batch_size=b) if hidden else None
+            return empty, (empty if entropy else None), h
         ids = torch.full((b, p_width + t_width), self.tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for k, (p, r) in enumerate(zip(prompts, responses)):
@@ -433,7 +480,9 @@ class LMPolicy:
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         with self._autocast():
             out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False,
-                        logits_to_keep=t_width + 1)
+                        logits_to_keep=t_width + 1, output_hidden_states=hidden)
+        # the last entry of hidden_states is the final, normalised one (the LM head's input)
+        h = out.hidden_states[-1][:, p_width - 1].float() if hidden else None
         # logits at positions P-1 .. P+T-2 predict the response tokens at P .. P+T-1
         logits = out.logits[:, -(t_width + 1):-1].float() / temperature
         targets = ids[:, p_width:]
@@ -446,7 +495,7 @@ class LMPolicy:
             probs = torch.softmax(logits, dim=-1)
             ent = lse - (probs * logits).sum(-1)
             ent = torch.where(valid, ent, torch.zeros_like(ent))
-        return logp, ent
+        return logp, ent, h
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str) -> None:

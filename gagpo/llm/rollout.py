@@ -27,7 +27,7 @@ are penalised twice.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -53,6 +53,12 @@ class LMRollout(Rollout):
     the whole response (the sum of ``token_logp[i]``; 0 when ``compute_logp=False``). ``invalid``
     marks invalid actions (rewards already include the penalty); ``traj_return`` sums the penalised
     rewards.
+
+    Per trajectory (indexed by ``traj_id``): ``traj_task_type`` is the reset ``info["task_type"]``
+    ("" when the environment gives none; ALFWorld's six task types), and ``bootstrap_prompt_ids``
+    holds, for an episode cut by the step limit (its last row ``truncated``), the token ids of the
+    prompt the policy would have seen at the observation where it was cut — what a learned critic
+    needs to bootstrap :math:`V(s'_T)` — and an empty list for an episode that terminated.
     """
 
     prompts: list[str]                 # (N,) rendered prompt strings
@@ -67,6 +73,8 @@ class LMRollout(Rollout):
     generation_time: float = 0.0       # seconds inside generate()
     scoring_time: float = 0.0          # seconds scoring log π_old
     dropped_history: int = 0           # prompts that lost history pairs to fit max_prompt_tokens
+    traj_task_type: list[str] = field(default_factory=list)        # (n_traj,) reset info["task_type"] or ""
+    bootstrap_prompt_ids: list[list[int]] = field(default_factory=list)  # (n_traj,) prompt at the cut, or []
 
     @property
     def format_error_rate(self) -> float:
@@ -125,9 +133,23 @@ def collect_lm(
     adm: list[list[str]] = [[] for _ in range(n)]
     task: list[str] = [""] * n
     past: list[list[tuple[str, str]]] = [[] for _ in range(n)]
+    task_type: list[str] = [""] * n
+    bootstrap: list[list[int]] = [[] for _ in range(n)]
     for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
         obs[i], adm[i] = o, list(info["admissible_actions"])
         task[i] = info.get("task") or extract_task(o)
+        task_type[i] = str(info.get("task_type") or "")
+
+    def make_prompt(i: int, observation: str, admissible: list[str]) -> tuple[str, list[int], bool]:
+        """Episode i's prompt at ``observation``: (text, token ids, whether history pairs were dropped)."""
+        k = min(history, len(past[i]))
+        while True:
+            text = policy.render(build_prompt(task[i], observation, admissible, past[i][len(past[i]) - k:] if k else [],
+                                              len(past[i]), template))
+            ids = policy.encode_prompts([text])[0]
+            if not max_prompt_tokens or len(ids) <= max_prompt_tokens or k == 0:
+                return text, ids, k < min(history, len(past[i]))
+            k -= 1
     rows: dict[str, list] = {k: [] for k in (
         "traj", "step", "obs", "next_obs", "adm", "action", "reward", "terminated", "truncated", "invalid",
         "prompt", "response", "prompt_ids", "response_ids", "command", "reason", "finished")}
@@ -139,15 +161,8 @@ def collect_lm(
     while active:
         prompts, prompt_ids = [], []
         for i in active:
-            k = min(history, len(past[i]))
-            while True:
-                text = policy.render(build_prompt(task[i], obs[i], adm[i], past[i][len(past[i]) - k:] if k else [],
-                                                  len(past[i]), template))
-                ids = policy.encode_prompts([text])[0]
-                if not max_prompt_tokens or len(ids) <= max_prompt_tokens or k == 0:
-                    break
-                k -= 1
-            dropped += k < min(history, len(past[i]))
+            text, ids, cut = make_prompt(i, obs[i], adm[i])
+            dropped += cut
             prompts.append(text)
             prompt_ids.append(ids)
         t0 = time.perf_counter()
@@ -184,6 +199,8 @@ def collect_lm(
             past[i].append((obs[i], commands[j]))
             if terminated or truncated:
                 won[i] = bool(info.get("won", False))
+                if truncated and not terminated:  # the critic bootstraps from the prompt at the cut
+                    bootstrap[i] = make_prompt(i, next_obs, list(info.get("admissible_actions") or []))[1]
             else:
                 obs[i], adm[i] = next_obs, list(info["admissible_actions"])
                 still.append(i)
@@ -205,5 +222,5 @@ def collect_lm(
         response_ids=rows["response_ids"], commands=rows["command"], parse_reason=rows["reason"],
         finished=np.asarray(rows["finished"], dtype=bool), token_logp=token_logp,
         generated_tokens=sum(len(r) for r in rows["response_ids"]), generation_time=gen_time,
-        scoring_time=score_time, dropped_history=dropped,
+        scoring_time=score_time, dropped_history=dropped, traj_task_type=task_type, bootstrap_prompt_ids=bootstrap,
     )

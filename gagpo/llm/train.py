@@ -1,4 +1,4 @@
-"""Training a language-model agent: rollout → advantages → PPO-clip update, for every critic-free estimator.
+"""Training a language-model agent: rollout → advantages → PPO-clip update, for every estimator.
 
 The loop is the toy trainer's (:mod:`gagpo.trainer`) with a language model in place of the small
 policy network:
@@ -7,7 +7,8 @@ policy network:
    response is scored under the sampling policy (``logp_old``) and, when ``kl_coef > 0``, under the
    reference policy;
 2. :func:`gagpo.trainer.compute_advantages` — the same dispatch to the pure estimators of
-   :mod:`gagpo.advantages` — gives one advantage per row (per action);
+   :mod:`gagpo.advantages` — gives one advantage per row (per action); for ``ppo``,
+   :func:`gagpo.advantages.gae_advantages` over a learned critic (below);
 3. each token of a response inherits its row's advantage through ``action_index`` and
    :func:`gagpo.losses.ppo_clip_loss` computes the clipped surrogate with an *action-level* ratio
    (GAGPO; ``ratio_level="token"`` for the usual per-token ratio), the k3 KL penalty to the reference
@@ -18,38 +19,59 @@ Published single-GPU recipes for ALFWorld-style agents (GiGPO's among them) set 
 of 8, 16 tasks per iteration, γ = λ = 0.95, 2 history pairs, 50 steps, KL 0.01, invalid-action penalty
 0.1, learning rate 1e-6 for full-parameter training (1e-5 with LoRA r 16, α 32).
 
-PPO with a learned value head is not offered here (it needs a critic on the language model); the
-critic-free estimators ``reinforce``, ``grpo``, ``rloo``, ``gigpo`` and ``gagpo`` are.
+Estimators: the critic-free ``reinforce``, ``grpo``, ``rloo``, ``gigpo`` and ``gagpo``, and ``ppo``
+with a learned critic — a linear value head on the final hidden state of each prompt's last token
+(:class:`gagpo.llm.value.ValueHead`), sharing the language model with the policy. Its values
+:math:`V(s_t)` and :math:`V(s'_t)` (the next decision's prompt; 0 after termination; after a cut by
+the step limit, the prompt at the cut) give GAE advantages, normalised over the whole batch as the
+toy trainer's PPO does; its regression targets are ``advantages + values`` (before normalisation),
+and the value loss, weighted by ``value_coef``, is added to the policy loss of the same forward pass.
+
+Evaluation (every ``eval_every`` iterations and at the end) plays greedy episodes on held-out tasks.
+With ``eval_splits`` (by default ``valid_seen,valid_unseen`` for ALFWorld) every split gets its own
+environments, built with ``split=<name>``, and its own metrics — ``eval_<split>_success``,
+``eval_<split>_invalid_rate``, ``eval_<split>_<task_type>_success`` — while ``eval_success`` is the
+success over every evaluated episode; otherwise the held-out tasks are the environment's
+``EVAL_SEEDS``. Environments run in this process, or in ``num_workers`` worker processes
+(:class:`gagpo.envs.ProcessEnvPool`), closed when training ends. ``<run_dir>/curves.png`` shows the
+training success, the invalid-action rate and the evaluation curves against environment steps.
 
 Resumption: the task seeds and the sampling seed of iteration k derive from ``(seed, k)``; a
-checkpoint holds the trainable weights (the LoRA adapter or the whole model), the optimizer state
-and the iteration, so a resumed run continues the same sequence of tasks (and, on a CPU, of samples).
+checkpoint holds the trainable weights (the LoRA adapter or the whole model, and the value head for
+``ppo``), the optimizer state and the iteration, so a resumed run continues the same sequence of
+tasks (and, on a CPU, of samples).
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
+from ..advantages import gae_advantages, normalize_by_segment
 from ..config import ANCHOR_MATCHES, NORMS, TrainConfig, _f
-from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss
+from ..envs.factory import EnvFactory, ensure_registered
+from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
-from ..trainer import RunLoop, anchor_histogram, compute_advantages
+from ..trainer import TRAIN_SEED_RANGE, RunLoop, anchor_histogram, compute_advantages
 from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right
 from .rollout import LMRollout, collect_lm
+from .value import ValueHead, explained_variance, next_state_values
 
-__all__ = ["LM_ALGOS", "ESTIMATOR_FIELDS", "LMTrainConfig", "LMTrainer", "action_level_loss", "train_lm"]
+__all__ = ["LM_ALGOS", "ESTIMATOR_FIELDS", "LMTrainConfig", "LMTrainer", "EvalSet", "action_level_loss",
+           "evaluation_metrics", "train_lm"]
 
-LM_ALGOS = ("reinforce", "grpo", "rloo", "gigpo", "gagpo")
-"""Estimators available to language-model training (no ``ppo``: it would need a value head)."""
+LM_ALGOS = ("reinforce", "grpo", "rloo", "gigpo", "gagpo", "ppo")
+"""Estimators available to language-model training; ``ppo`` adds a value head (:mod:`gagpo.llm.value`)."""
 
 ESTIMATOR_FIELDS = ("algo", "gamma", "lam", "norm", "step_weight", "reinforce_baseline", "adv_eps", "anchor_match",
                     "anchor_threshold")
@@ -62,7 +84,8 @@ class LMTrainConfig:
 
     #: fields that may change between a checkpoint and the run that resumes it
     RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every",
-                                            "eval_episodes", "threads", "device", "gen_batch_size", "micro_batch_size")
+                                            "eval_episodes", "eval_splits", "threads", "device", "gen_batch_size",
+                                            "micro_batch_size", "num_workers")
 
     # --- model
     model: str = _f("tiny", "Hugging Face model name or local folder; 'tiny' = the offline tiny Llama with format warm-up, 'tiny-random' without")
@@ -78,7 +101,7 @@ class LMTrainConfig:
     env: str = _f("toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0)")
     env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON")
     max_steps: int = _f(50, "step limit per episode; 0 keeps the environment's registered limit")
-    algo: str = _f("gagpo", "advantage estimator", choices=LM_ALGOS)
+    algo: str = _f("gagpo", "advantage estimator; ppo = GAE over a learned value head on the language model (see --value-coef, --value-lr)", choices=LM_ALGOS)
     seed: int = _f(0, "seed of the run: task sampling, response sampling, minibatch order")
 
     # --- rollouts
@@ -92,6 +115,7 @@ class LMTrainConfig:
     top_p: float = _f(1.0, "nucleus sampling mass (1 = no truncation)")
     max_new_tokens: int = _f(512, "response length limit in tokens (think + action)")
     max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit")
+    num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)")
 
     # --- estimator (same names and meaning as TrainConfig)
     gamma: float = _f(0.95, "discount factor γ")
@@ -102,6 +126,8 @@ class LMTrainConfig:
     adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations")
     anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
     anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this")
+    value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)")
+    value_lr: float = _f(1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)")
 
     # --- update
     lr: float = _f(1e-6, "AdamW learning rate for full-parameter training")
@@ -121,7 +147,8 @@ class LMTrainConfig:
 
     # --- evaluation, logging, checkpoints
     eval_every: int = _f(10, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables")
-    eval_episodes: int = _f(32, "held-out task seeds per evaluation (the environment's EVAL_SEEDS)")
+    eval_episodes: int = _f(32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)")
+    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = 'valid_seen,valid_unseen' when the environment takes a split keyword (ALFWorld), else ''; '' = the environment's own held-out EVAL_SEEDS")
     eval_greedy: bool = _f(True, "evaluate with greedy decoding instead of sampling")
     out_dir: str = _f("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<model>-<algo>-seed<seed>")
     checkpoint_every: int = _f(10, "save a checkpoint every k iterations (and at the end); 0 only at the end")
@@ -143,9 +170,16 @@ class LMTrainConfig:
                 raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}")
         for name in ("max_steps", "n_train_tasks", "history", "lora_r", "eval_every", "eval_episodes", "threads",
                      "max_prompt_tokens", "checkpoint_every", "invalid_penalty", "kl_coef", "entropy_coef",
-                     "weight_decay", "max_grad_norm", "clip_eps", "clip_eps_high"):
+                     "weight_decay", "max_grad_norm", "clip_eps", "clip_eps_high", "num_workers", "value_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not self.value_lr > 0:
+            raise ValueError(f"value_lr must be > 0; got {self.value_lr}")
+        if self.eval_splits != "auto":
+            names = [name.strip() for name in self.eval_splits.split(",")]
+            if self.eval_splits.strip() and (not all(names) or len(set(names)) < len(names)):
+                raise ValueError(f"eval_splits must be 'auto', '' or distinct comma-separated split names, "
+                                 f"e.g. 'valid_seen,valid_unseen'; got {self.eval_splits!r}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"temperature must be > 0 and top_p in (0, 1]; got {self.temperature}, {self.top_p}")
         if isinstance(self.env_kwargs, str):
@@ -167,6 +201,20 @@ class LMTrainConfig:
         return SamplingSettings(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                                 greedy=greedy)
 
+    def eval_split_names(self) -> list[str]:
+        """The evaluation splits: ``eval_splits`` parsed, with ``"auto"`` resolved from the environment.
+
+        Raises ``ValueError`` when splits are named but the environment's constructor takes no
+        ``split`` keyword.
+        """
+        if self.eval_splits == "auto":
+            return ["valid_seen", "valid_unseen"] if _env_takes(self.env, "split") else []
+        names = [name.strip() for name in self.eval_splits.split(",") if name.strip()]
+        if names and not _env_takes(self.env, "split"):
+            raise ValueError(f"eval_splits {self.eval_splits!r} needs an environment that takes a 'split' keyword "
+                             f"(e.g. gagpo/ALFWorld-v0); {self.env} does not: pass eval_splits ''")
+        return names
+
     def estimator_config(self) -> TrainConfig:
         """The toy trainer's config with this run's estimator fields (what ``compute_advantages`` reads)."""
         known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -183,12 +231,27 @@ class LMTrainConfig:
         return dataclasses.asdict(self)
 
 
+def _env_takes(env_id: str, keyword: str) -> bool:
+    """Whether the registered environment's constructor accepts ``keyword`` (read from its signature)."""
+    import gymnasium as gym
+
+    ensure_registered(env_id)
+    creator = gym.spec(env_id).entry_point
+    if isinstance(creator, str):
+        creator = gym.envs.registration.load_env_creator(creator)
+    try:
+        params = inspect.signature(creator).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return False
+    return keyword in params
+
+
 _DIAG_MEAN = ("loss", "policy_loss", "kl_ref", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std")
 
 
 def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_ids: list[list[int]],
                       old_logp: list[np.ndarray], advantages: torch.Tensor, ref_logp: list[np.ndarray] | None,
-                      cfg: LMTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                      cfg: LMTrainConfig, value_head: ValueHead | None = None):
     """The PPO-clip loss of one micro-batch of rows (one row = one action = one response).
 
     Scores the responses under the current policy (with gradient), pads the stored old and reference
@@ -203,18 +266,68 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
         advantages: (B,) one advantage per row.
         ref_logp: per-row reference log-probs, or ``None`` (then ``cfg.kl_coef`` must be 0).
         cfg: clip widths, ratio level, KL and entropy coefficients, aggregation, temperature.
+        value_head: with a value head (``ppo``), a third element is returned: the (B,) values
+            :math:`V_\\phi(s)` of the rows' prompts, with gradient, from the same forward pass.
+
+    Returns:
+        ``(loss, diagnostics)``, or ``(loss, diagnostics, values)`` with ``value_head``.
     """
     out = policy.token_logprobs(prompt_ids, response_ids, grad=True, temperature=cfg.temperature,
-                                return_entropy=cfg.entropy_coef > 0, micro_batch_size=len(prompt_ids))
+                                return_entropy=cfg.entropy_coef > 0, return_hidden=value_head is not None,
+                                micro_batch_size=len(prompt_ids))
     logp_new, mask = out[0], out[1]
     width, device = logp_new.shape[1], logp_new.device
     logp_old = pad_right(old_logp, width).to(device)
     logp_ref = pad_right(ref_logp, width).to(device) if ref_logp is not None else None
     action_index = torch.arange(len(prompt_ids), device=device)[:, None].expand(-1, width)
-    return ppo_clip_loss(
+    loss, diag = ppo_clip_loss(
         logp_new, logp_old, advantages.to(device), action_index, mask, ratio_level=cfg.ratio_level,
         clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
         entropy=out[2] if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef, aggregation=cfg.aggregation)
+    if value_head is None:
+        return loss, diag
+    return loss, diag, value_head(out[-1])
+
+
+def evaluation_metrics(rollouts: Sequence[LMRollout], prefix: str = "eval_", by_task_type: bool = True) -> dict[str, float]:
+    """Summary of evaluation episodes pooled over ``rollouts``, every key starting with ``prefix``.
+
+    ``<prefix>success`` (fraction of episodes won), ``<prefix>return`` and ``<prefix>length`` (means
+    per episode), ``<prefix>invalid_rate`` (fraction of all decisions that were invalid),
+    ``<prefix>episodes``, and with ``by_task_type`` ``<prefix><task_type>_success`` for every task
+    type the environment reported (``LMRollout.traj_task_type``, e.g. ALFWorld's
+    ``pick_and_place_simple``).
+    """
+    won = np.concatenate([np.asarray(r.traj_won, dtype=bool) for r in rollouts])
+    invalid = np.concatenate([np.asarray(r.invalid, dtype=bool) for r in rollouts])
+    types = np.asarray([t for r in rollouts for t in (r.traj_task_type or [""] * len(r.traj_won))], dtype=object)
+    n = len(won)
+    out = {
+        f"{prefix}success": float(won.mean()) if n else 0.0,
+        f"{prefix}return": float(np.concatenate([r.traj_return for r in rollouts]).mean()) if n else 0.0,
+        f"{prefix}length": float(np.concatenate([r.traj_length for r in rollouts]).mean()) if n else 0.0,
+        f"{prefix}invalid_rate": float(invalid.mean()) if len(invalid) else 0.0,
+        f"{prefix}episodes": n,
+    }
+    if by_task_type:
+        for task_type in sorted(set(types.tolist()) - {""}):
+            out[f"{prefix}{task_type}_success"] = float(won[types == task_type].mean())
+    return out
+
+
+@dataclass
+class EvalSet:
+    """One held-out evaluation: its split (``""``: the environment's own held-out seeds), the
+    environments it plays in, and the task seeds it plays (one greedy episode each)."""
+
+    split: str
+    pool: Any
+    seeds: list[int]
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of this set's metric names: ``eval_<split>_``, or ``eval_`` without a split."""
+        return f"eval_{self.split}_" if self.split else "eval_"
 
 
 class LMTrainer(RunLoop):
@@ -224,11 +337,17 @@ class LMTrainer(RunLoop):
         cfg: the configuration.
         policy: an already-built :class:`LMPolicy` (else one is loaded from ``cfg.model``).
         eval_hook: called as ``eval_hook(trainer)`` at every evaluation; the dict it returns is added to
-            that iteration's metrics (e.g. ALFWorld success per task type).
+            that iteration's metrics.
         pool, eval_pool: environment pools for training and evaluation (anything with ``reset_many``
-            and ``step_many``, e.g. a process pool for ALFWorld); default: in-process
-            :class:`~gagpo.rollout.EnvPool` of ``cfg.env``. The held-out seeds are the evaluation
-            environment's ``EVAL_SEEDS`` when the pool is an ``EnvPool``, else 10000, 10001, …
+            and ``step_many``); default: built from ``cfg.env`` — in this process
+            (:class:`~gagpo.rollout.EnvPool`), or in ``cfg.num_workers`` worker processes
+            (:class:`~gagpo.envs.ProcessEnvPool`) — one evaluation pool per split of
+            ``cfg.eval_split_names()`` (built with ``split=<name>``), or one without a split. The
+            held-out seeds are the first ``cfg.eval_episodes`` of the evaluation environment's
+            ``EVAL_SEEDS`` (10000, 10001, … when it has none). A given ``eval_pool`` replaces the
+            splits (its seeds: its ``EVAL_SEEDS`` when it is an ``EnvPool``, else 10000, 10001, …).
+
+    Every pool is closed when :meth:`train` returns or raises (or call :meth:`close`).
     """
 
     def __init__(self, cfg: LMTrainConfig, policy: LMPolicy | None = None,
@@ -244,15 +363,63 @@ class LMTrainer(RunLoop):
             micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size)
         if cfg.kl_coef > 0 and not self.policy.has_reference():
             raise ValueError("kl_coef > 0 needs a reference policy: build the LMPolicy with lora=... or reference=True")
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.pool = pool or EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
-        self.eval_pool = eval_pool or EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
-        self.eval_seeds = self.held_out_seeds()
+        self.value_head = ValueHead.for_policy(self.policy) if cfg.algo == "ppo" else None
+        groups = [{"params": self.policy.parameters(), "lr": cfg.learning_rate}]
+        if self.value_head is not None:  # its own learning rate, no weight decay
+            groups.append({"params": list(self.value_head.parameters()), "lr": cfg.value_lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.factory = make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs)
+        self.pool = pool or self.make_pool(self.factory)
+        self.eval_sets = self.build_eval_sets(eval_pool)
+        self.eval_pool, self.eval_seeds = self.eval_sets[0].pool, self.eval_sets[0].seeds  # RunLoop's names
         self.eval_hook = eval_hook
         self.estimator_cfg = cfg.estimator_config()
         self.iteration = 0
         self.env_steps = 0
         self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ environments
+    def make_pool(self, factory: EnvFactory) -> Any:
+        """Environments of ``factory``: in this process, or in ``cfg.num_workers`` worker processes."""
+        if not self.cfg.num_workers:
+            return EnvPool(factory)
+        from ..envs import ProcessEnvPool
+
+        return ProcessEnvPool(factory, n_workers=self.cfg.num_workers)
+
+    def build_eval_sets(self, eval_pool: Any | None = None) -> list[EvalSet]:
+        """One :class:`EvalSet` per evaluation split (or one without a split; or one for ``eval_pool``)."""
+        cfg = self.cfg
+        if eval_pool is not None:
+            self.eval_pool = eval_pool
+            return [EvalSet("", eval_pool, self.held_out_seeds())]
+        sets = []
+        for split in cfg.eval_split_names() or [""]:
+            factory = make_env_fn(cfg.env, cfg.max_steps, **{**cfg.env_kwargs, "split": split}) if split else self.factory
+            pool = self.make_pool(factory)
+            sets.append(EvalSet(split, pool, self.env_eval_seeds(pool, factory)))
+        return sets
+
+    def env_eval_seeds(self, pool: Any, factory: EnvFactory) -> list[int]:
+        """The first ``cfg.eval_episodes`` of the environment's ``EVAL_SEEDS`` (10000, 10001, … when it has
+        none). Read from the pool's first environment in this process, or from a probe built by
+        ``factory`` (then closed) when the environments live in worker processes."""
+        if isinstance(pool, EnvPool):
+            seeds = getattr(pool.get(1)[0].unwrapped, "EVAL_SEEDS", None)
+        else:
+            env = factory()
+            try:
+                seeds = getattr(env.unwrapped, "EVAL_SEEDS", None)
+            finally:
+                env.close()
+        if seeds is None:
+            seeds = range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + self.cfg.eval_episodes)
+        return [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]
+
+    def close(self) -> None:
+        """Close the training and evaluation environments (stops the worker processes of process pools)."""
+        for pool in [self.pool] + [s.pool for s in self.eval_sets]:
+            pool.close()
 
     # ------------------------------------------------------------------ seeds
     def sampling_seed(self, iteration: int) -> int:
@@ -275,19 +442,59 @@ class LMTrainer(RunLoop):
         lp, mask = lp.float().cpu().numpy(), mask.cpu().numpy()
         return [lp[r, mask[r]].copy() for r in range(len(lp))]
 
+    # ------------------------------------------------------------------ advantages
+    def advantages(self, rollout: LMRollout) -> dict[str, np.ndarray]:
+        r"""Per-row advantages of ``cfg.algo`` (``advantages``, (N,)); for ``ppo`` also the critic's
+        ``values`` :math:`V(s_t)` and regression targets ``returns``.
+
+        Critic-free estimators: :func:`gagpo.trainer.compute_advantages`. ``ppo``: the value head scores
+        every row's prompt, and the prompt at the cut of every truncated episode; :math:`V(s'_t)` is
+        the next row's value (:func:`gagpo.llm.value.next_state_values`);
+        :func:`gagpo.advantages.gae_advantages` gives :math:`A_t`, whose regression targets are
+        :math:`A_t + V(s_t)`; the advantages the policy sees are normalised (``cfg.norm``) over the
+        whole batch, not per rollout group — as in :func:`gagpo.trainer.compute_advantages`'s ``ppo``.
+        """
+        if self.value_head is None:
+            return compute_advantages(self.estimator_cfg, rollout)
+        cfg, b = self.cfg, rollout.batch
+        values = self.value_head.values(self.policy, rollout.prompt_ids)
+        end_values = np.zeros(len(b))
+        cut = np.flatnonzero(b.truncated)
+        if len(cut):
+            boot = [rollout.bootstrap_prompt_ids[t] if t < len(rollout.bootstrap_prompt_ids) else []
+                    for t in b.traj_id[cut].tolist()]
+            if any(len(ids) == 0 for ids in boot):
+                raise ValueError("a truncated episode has no bootstrap prompt (LMRollout.bootstrap_prompt_ids): "
+                                 "collect the rollout with gagpo.llm.rollout.collect_lm")
+            end_values[cut] = self.value_head.values(self.policy, boot)
+        raw = gae_advantages(b, values, next_state_values(b, values, end_values), cfg.gamma, cfg.lam)
+        adv = normalize_by_segment(raw, np.zeros(len(b), dtype=np.int64), 1, cfg.norm, cfg.adv_eps)
+        return {"advantages": adv, "values": values, "returns": raw + values}
+
     # ------------------------------------------------------------------ update
-    def update(self, rollout: LMRollout, advantages: np.ndarray, ref_logp: list[np.ndarray] | None) -> dict[str, float]:
-        """PPO epochs over the rollout's rows; returns averaged loss diagnostics."""
+    def update(self, rollout: LMRollout, advantages: np.ndarray, ref_logp: list[np.ndarray] | None,
+               returns: np.ndarray | None = None) -> dict[str, float]:
+        """PPO epochs over the rollout's rows; returns averaged loss diagnostics.
+
+        With a value head (``ppo``), ``returns`` are its regression targets and every micro-batch adds
+        ``value_coef × value_loss`` (weighted by its share of the minibatch's rows) to the policy loss
+        before the one backward pass; gradient clipping covers the head too.
+        """
         cfg = self.cfg
         n = len(rollout.batch)
         if len(rollout.token_logp) != n:
             raise ValueError("the rollout carries no old log-probs: collect it with compute_logp=True")
         device = self.policy.device
         adv = torch.as_tensor(advantages, dtype=torch.float32, device=device)
+        head = self.value_head
+        if head is not None:
+            if returns is None:
+                raise ValueError("algo 'ppo' trains a value head: pass its targets, update(..., returns=...)")
+            targets = torch.as_tensor(returns, dtype=torch.float32, device=device)
         resp_len = np.asarray([len(r) for r in rollout.response_ids])
         total_len = resp_len + np.asarray([len(p) for p in rollout.prompt_ids])
         rng = np.random.default_rng([cfg.seed, self.iteration, 3])
-        params = self.policy.parameters()
+        params = self.policy.parameters() + ([] if head is None else list(head.parameters()))
         sums: dict[str, float] = {}
         ratio_min, ratio_max, grad_norms, steps, tokens = math.inf, -math.inf, [], 0, 0
         self.policy.model.train()
@@ -300,12 +507,19 @@ class LMTrainer(RunLoop):
                     self.optimizer.zero_grad(set_to_none=True)
                     for start in range(0, len(mb), cfg.micro_batch_size):
                         ii = mb[start:start + cfg.micro_batch_size].tolist()
-                        loss, diag = action_level_loss(
+                        out = action_level_loss(
                             self.policy, [rollout.prompt_ids[i] for i in ii], [rollout.response_ids[i] for i in ii],
                             [rollout.token_logp[i] for i in ii], adv[ii],
-                            None if ref_logp is None else [ref_logp[i] for i in ii], cfg)
+                            None if ref_logp is None else [ref_logp[i] for i in ii], cfg, value_head=head)
+                        loss, diag = out[0], out[1]
                         weight = (resp_len[ii].sum() if cfg.aggregation == "token_mean" else len(ii)) / units
-                        (loss * weight).backward()
+                        total = loss * weight
+                        if head is not None:  # the critic's loss is a mean over rows
+                            share = len(ii) / len(mb)
+                            v_loss = value_loss(out[2], targets[ii])
+                            total = total + cfg.value_coef * share * v_loss
+                            sums["value_loss"] = sums.get("value_loss", 0.0) + share * float(v_loss.detach())
+                        total.backward()
                         for k in _DIAG_MEAN:
                             sums[k] = sums.get(k, 0.0) + weight * float(diag[k])
                         ratio_min, ratio_max = min(ratio_min, diag["ratio_min"]), max(ratio_max, diag["ratio_max"])
@@ -316,22 +530,34 @@ class LMTrainer(RunLoop):
                     steps += 1
         finally:
             self.policy.model.eval()
-        out = {k: v / steps for k, v in sums.items()}
+        out = {k: v / steps for k, v in sums.items()}  # value_loss: mean over minibatches
         out.update(ratio_min=ratio_min, ratio_max=ratio_max, grad_norm=float(np.mean(grad_norms)),
                    optimizer_steps=steps, update_tokens=tokens)
         return out
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
-        """Held-out episodes (greedy by default) plus whatever ``eval_hook`` returns."""
+        """One episode per held-out seed of every :class:`EvalSet` (greedy by default), plus whatever
+        ``eval_hook`` returns.
+
+        Per split: :func:`evaluation_metrics` with the prefix ``eval_<split>_`` (success, invalid
+        rate, success per task type, ...); with splits, ``eval_success``, ``eval_return``,
+        ``eval_length`` and ``eval_invalid_rate`` pool every evaluated episode of every split. Without
+        a split the metrics are ``eval_success``, ``eval_invalid_rate``, ... (and per task type).
+        """
+        cfg = self.cfg
         out: dict[str, float] = {}
-        if self.eval_seeds:
-            cfg = self.cfg
-            r = collect_lm(self.eval_pool, self.policy, self.eval_seeds, 1, cfg.history, cfg.sampling(cfg.eval_greedy),
+        played: list[LMRollout] = []
+        for s in self.eval_sets:
+            if not s.seeds:
+                continue
+            r = collect_lm(s.pool, self.policy, s.seeds, 1, cfg.history, cfg.sampling(cfg.eval_greedy),
                            cfg.invalid_penalty, seed=cfg.seed + 12345, compute_logp=False,
                            max_prompt_tokens=cfg.max_prompt_tokens)
-            out = {"eval_success": r.success_rate, "eval_return": float(r.traj_return.mean()),
-                   "eval_length": float(r.traj_length.mean()), "eval_invalid_rate": r.invalid_rate}
+            played.append(r)
+            out.update(evaluation_metrics([r], s.prefix))
+        if played and any(s.split for s in self.eval_sets):  # the pooled summary over the splits
+            out = {**evaluation_metrics(played, "eval_", by_task_type=False), **out}
         if self.eval_hook is not None:
             out.update(self.eval_hook(self))
         return out
@@ -343,9 +569,9 @@ class LMTrainer(RunLoop):
         rollout = self.rollout()
         t1 = time.perf_counter()
         ref_logp = self.reference_logp(rollout)
-        targets = compute_advantages(self.estimator_cfg, rollout)  # the toy trainer's dispatch to gagpo.advantages
+        targets = self.advantages(rollout)  # the toy trainer's dispatch to gagpo.advantages, or GAE over the head
         t2 = time.perf_counter()
-        upd = self.update(rollout, targets["advantages"], ref_logp)
+        upd = self.update(rollout, targets["advantages"], ref_logp, targets.get("returns"))
         t3 = time.perf_counter()
         self.env_steps += rollout.n_steps
         row: dict[str, Any] = {
@@ -358,6 +584,9 @@ class LMTrainer(RunLoop):
             "update_tokens_per_s": upd["update_tokens"] / max(t3 - t2, 1e-9),
             "time_rollout": t1 - t0, "time_reference": t2 - t1, "time_update": t3 - t2,
         }
+        if "values" in targets:  # the critic at collection time
+            row.update(value_mean=float(targets["values"].mean()),
+                       explained_variance=explained_variance(targets["values"], targets["returns"]))
         if torch.cuda.is_available() and self.policy.device.type == "cuda":
             row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.policy.device) / 2**30
         return self.record(row)
@@ -367,11 +596,14 @@ class LMTrainer(RunLoop):
         return os.path.join(self.run_dir, "checkpoint")
 
     def save_checkpoint(self) -> None:
-        """Trainable weights (adapter or model) + tokenizer + optimizer + iteration, replaced atomically."""
+        """Trainable weights (adapter or model; the value head for ``ppo``) + tokenizer + optimizer +
+        iteration, replaced atomically."""
         path = self.checkpoint_path()
         tmp, old = path + ".tmp", path + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
         self.policy.save(tmp)
+        if self.value_head is not None:
+            self.value_head.save(tmp)
         torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
         with open(os.path.join(tmp, "trainer_state.json"), "w") as fh:
             json.dump({"config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
@@ -392,11 +624,66 @@ class LMTrainer(RunLoop):
             state = json.load(fh)
         self.check_resumable(state["config"], path)
         self.policy.load_trainable(path)
+        if self.value_head is not None:
+            self.value_head.load(path)
         self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=self.policy.device))
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
     # ------------------------------------------------------------------ the loop (RunLoop.train)
+    def train(self) -> list[dict[str, Any]]:
+        """Run (or, with ``cfg.resume``, continue) until done; closes every environment pool, then draws
+        ``curves.png``. Returns the metrics history."""
+        try:
+            history = super().train()
+        finally:
+            self.close()
+        self.write_curves()
+        return history
+
+    def record(self, row: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`RunLoop.record`, then redraw ``curves.png`` when the row holds an evaluation."""
+        row = super().record(row)
+        if any(k.startswith("eval_") for k in row):
+            self.write_curves()
+        return row
+
+    def write_curves(self) -> str | None:
+        """Draw ``<run_dir>/curves.png``: training success and invalid-action rate (left), and every
+        ``eval_*_success`` (right: the pooled and per-split ones solid, per task type dashed) against
+        environment steps. Returns its path, or ``None`` with a warning when it cannot be drawn
+        (matplotlib missing, ...): plotting never stops a run."""
+        try:
+            from .. import plotting
+
+            plt = plotting.use_style()
+        except ImportError as exc:
+            warnings.warn(f"no curves.png: matplotlib is missing (pip install matplotlib) ({exc})", stacklevel=2)
+            return None
+        keys = {k for row in self.history for k in row}
+        eval_keys = sorted(k for k in keys if k.startswith("eval_") and k.endswith("_success"))
+        main = [k for k in ["eval_success"] + [f"{s.prefix}success" for s in self.eval_sets if s.split] if k in keys]
+        pooled = "all splits" if any(s.split for s in self.eval_sets) else "held-out"
+        label = {k: pooled if k == "eval_success" else k[len("eval_"):-len("_success")] for k in eval_keys}
+        width = plotting.FIGSIZE[0] * (2 if eval_keys else 1)
+        fig, axes = plt.subplots(1, 2 if eval_keys else 1, figsize=(width, plotting.FIGSIZE[1]), squeeze=False)
+        try:
+            plotting.metric_curves(self.history, ["success", "invalid_rate"], ax=axes[0, 0], ylabel="fraction",
+                                   labels={"invalid_rate": "invalid-action rate"}, title=f"training ({self.cfg.algo})")
+            if eval_keys:
+                plotting.metric_curves(self.history, main, ax=axes[0, 1], labels=label, ylabel="success",
+                                       title="greedy evaluation")
+                plotting.metric_curves(self.history, [k for k in eval_keys if k not in main], ax=axes[0, 1],
+                                       labels=label, linestyle="--", linewidth=1)
+            for ax in axes.ravel():
+                ax.set_ylim(-0.03, 1.03)
+            return plotting.save(fig, "curves", self.run_dir)
+        except Exception as exc:  # noqa: BLE001 - a figure is not worth a run
+            warnings.warn(f"could not draw {os.path.join(self.run_dir, 'curves.png')}: {exc!r}", stacklevel=2)
+            return None
+        finally:
+            plt.close(fig)
+
     def progress_desc(self) -> str:
         return f"{self.cfg.algo} {self.cfg.model}"
 
@@ -406,5 +693,6 @@ class LMTrainer(RunLoop):
 
 def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,
              eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None) -> list[dict[str, Any]]:
-    """Train one language-model run; returns its per-iteration metrics (also in ``cfg.run_dir()``)."""
+    """Train one language-model run; returns its per-iteration metrics (also in ``cfg.run_dir()``:
+    ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and the checkpoint)."""
     return LMTrainer(cfg, policy=policy, eval_hook=eval_hook).train()

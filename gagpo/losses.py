@@ -126,6 +126,7 @@ def ppo_clip_loss(
     entropy: torch.Tensor | None = None,
     entropy_coef: float = 0.0,
     aggregation: str = "token_mean",
+    kl_clip: float | None = 10.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     r"""PPO clipped surrogate with a token- or action-level ratio, k3 KL to a reference, entropy bonus.
 
@@ -140,10 +141,12 @@ def ppo_clip_loss(
             r_a = \exp\Big(\tfrac{1}{n_a} \textstyle\sum_{s \in V,\, a(s) = a} \rho_s\Big) \qquad (\text{"action"}) \\
         \ell^{\mathrm{pg}}_t &= -\min\big(r_t A_{a(t)},\
             \mathrm{clip}(r_t, 1-\varepsilon, 1+\varepsilon_h)\, A_{a(t)}\big) \\
-        \ell_t &= \ell^{\mathrm{pg}}_t + \beta\, k_3(\log\pi_\theta(y_t), \log\pi_{\mathrm{ref}}(y_t))
+        \ell_t &= \ell^{\mathrm{pg}}_t + \beta\, \min\big(k_3(\log\pi_\theta(y_t), \log\pi_{\mathrm{ref}}(y_t)),\ \kappa\big)
                  - c_H\, H_t
 
-    with :math:`\beta` = ``kl_coef``, :math:`c_H` = ``entropy_coef``, :math:`H_t` = ``entropy[t]`` and
+    with :math:`\beta` = ``kl_coef``, :math:`\kappa` = ``kl_clip`` (a cap on each token's k3 term, as
+    verl applies; k3 grows like :math:`e^{d}` and one token far from the reference can otherwise dominate
+    the loss — a token at the cap gets no KL gradient), :math:`c_H` = ``entropy_coef``, :math:`H_t` = ``entropy[t]`` and
     :math:`k_3` from :func:`kl_k3`. The per-token terms are then aggregated:
 
     ``"token_mean"``: :math:`L = \frac{1}{|V|} \sum_{t \in V} \ell_t` — every valid token in the batch
@@ -174,6 +177,7 @@ def ppo_clip_loss(
             gradient); required when ``entropy_coef != 0``.
         entropy_coef: :math:`c_H`, weight of the entropy bonus (subtracted from the loss).
         aggregation: ``"token_mean"`` or ``"action_mean"``.
+        kl_clip: :math:`\kappa > 0`, the cap on each token's k3 term; ``None`` leaves it unbounded.
 
     Returns:
         ``(loss, diagnostics)``: ``loss`` a scalar tensor to minimise; ``diagnostics`` python floats:
@@ -193,7 +197,7 @@ def ppo_clip_loss(
     Raises:
         ValueError: unknown ``ratio_level`` or ``aggregation``; a per-token tensor whose shape differs
             from ``logp_new``'s; ``advantages`` not 1-D; non-integer ``action_index`` or a valid token's
-            index outside ``[0, n_actions)``; no valid token; negative clip widths; a non-zero
+            index outside ``[0, n_actions)``; no valid token; negative clip widths or ``kl_clip <= 0``; a non-zero
             coefficient without its tensor.
     """
     if ratio_level not in RATIO_LEVELS:
@@ -204,6 +208,8 @@ def ppo_clip_loss(
     eps_high = eps_low if clip_eps_high is None else float(clip_eps_high)
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"clip widths must be >= 0; got clip_eps={eps_low}, clip_eps_high={eps_high}")
+    if kl_clip is not None and not kl_clip > 0:
+        raise ValueError(f"kl_clip must be > 0 (or None for no cap); got {kl_clip}")
     if kl_coef != 0 and logp_ref is None:
         raise ValueError(f"kl_coef={kl_coef} needs logp_ref")
     if entropy_coef != 0 and entropy is None:
@@ -265,7 +271,8 @@ def ppo_clip_loss(
     kl_ref = zero
     if logp_ref is not None:
         lp_ref = torch.where(valid, logp_ref.detach().reshape(-1).to(lp_new.dtype), zero)
-        kl_ref = aggregate(kl_k3(lp_new, lp_ref))
+        k3 = kl_k3(lp_new, lp_ref)
+        kl_ref = aggregate(k3 if kl_clip is None else torch.clamp(k3, max=kl_clip))
         loss = loss + kl_coef * kl_ref
     ent = zero
     if entropy is not None:

@@ -557,3 +557,20 @@ def test_value_loss_mask_and_errors():
         value_loss(values, returns, mask=mask[0])
     with pytest.raises(ValueError, match="no valid entries"):
         value_loss(values, returns, mask=torch.zeros_like(mask))
+
+
+def test_kl_penalty_is_capped_per_token():
+    """One token far from the reference (k3 = e^12 - 13) adds at most kl_clip; kl_clip=None is unbounded."""
+    logp_new = torch.tensor([-1.0, -1.0], requires_grad=True)
+    logp_ref = torch.tensor([-1.0, 11.0])  # d = 0 and d = 12
+    idx = torch.tensor([0, 0])
+    common = dict(logp_ref=logp_ref, kl_coef=1.0, ratio_level="token")
+    _, capped = ppo_clip_loss(logp_new, logp_new.detach(), torch.zeros(1), idx, **common)
+    _, raw = ppo_clip_loss(logp_new, logp_new.detach(), torch.zeros(1), idx, kl_clip=None, **common)
+    assert capped["kl_ref"] == pytest.approx(10.0 / 2)
+    assert raw["kl_ref"] == pytest.approx((math.expm1(12.0) - 12.0) / 2, rel=1e-5)
+    loss, _ = ppo_clip_loss(logp_new, logp_new.detach(), torch.zeros(1), idx, kl_clip=10.0, **common)
+    loss.backward()
+    assert logp_new.grad[1].item() == 0.0  # the capped token gets no KL gradient
+    with pytest.raises(ValueError, match="kl_clip"):
+        ppo_clip_loss(logp_new, logp_new.detach(), torch.zeros(1), idx, kl_clip=0.0, **common)

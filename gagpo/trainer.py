@@ -86,9 +86,13 @@ class RunLoop:
     """
 
     def task_seeds(self, iteration: int) -> list[int]:
-        """The training task seeds of ``iteration``: a function of ``(seed, iteration)`` alone."""
+        """The training task seeds of ``iteration``: a function of ``(seed, iteration)`` alone.
+
+        Drawn from ``0 .. n-1`` with ``n`` = ``cfg.n_train_tasks``, else the environment's number of
+        tasks when it has a finite one (``self.n_env_tasks``, e.g. ALFWorld's games: each equally likely),
+        else ``TRAIN_SEED_RANGE`` (procedurally generated toy tasks)."""
         rng = np.random.default_rng([self.cfg.seed, iteration, 1])
-        high = self.cfg.n_train_tasks or TRAIN_SEED_RANGE
+        high = self.cfg.n_train_tasks or getattr(self, "n_env_tasks", None) or TRAIN_SEED_RANGE
         return rng.choice(high, size=self.cfg.tasks_per_iter, replace=self.cfg.tasks_per_iter > high).tolist()
 
     def held_out_seeds(self) -> list[int]:

@@ -229,3 +229,23 @@ def test_alfworld_eval_per_split_and_task_type_in_worker_processes(tmp_path, mon
     assert row["eval_success"] == pytest.approx(total / sum(n_games.values()))
     assert row["eval_episodes"] == sum(n_games.values())
     assert os.path.getsize(os.path.join(cfg.out_dir, "curves.png")) > 0
+
+
+def test_alfworld_training_games_are_drawn_uniformly(tmp_path):
+    """With n_train_tasks=0 the task seeds index ALFWorld's games directly (0..n_games-1), so every game of
+    the split is equally likely (seeds < 10000 taken mod n_games would favour the first 10000 mod n)."""
+    pytest.importorskip("alfworld")
+    from gagpo.envs import FIXTURES_DIR
+
+    cfg = LMTrainConfig(model="tiny", env="gagpo/ALFWorld-v0", env_kwargs={"data_dir": str(FIXTURES_DIR)},
+                        tasks_per_iter=4, group_size=1, kl_coef=0.0, eval_every=0, progress=False,
+                        out_dir=str(tmp_path / "run"), eval_splits="")
+    trainer = LMTrainer(cfg)
+    try:
+        assert trainer.n_env_tasks == 6  # the fixture's train split
+        seeds = [s for it in range(1, 200) for s in trainer.task_seeds(it)]
+        assert set(seeds) == set(range(6))
+        counts = np.bincount(seeds, minlength=6)
+        assert counts.min() > 0.7 * counts.mean()
+    finally:
+        trainer.close()

@@ -108,7 +108,7 @@ class LMTrainConfig:
     iterations: int = _f(150, "training iterations (rollout -> advantages -> update)")
     tasks_per_iter: int = _f(16, "rollout groups per iteration (distinct task seeds)")
     group_size: int = _f(8, "episodes per group, all from the same task seed (G)")
-    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration")
+    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration")
     history: int = _f(2, "past (observation, action) pairs shown in each prompt")
     invalid_penalty: float = _f(0.1, "subtracted from the reward of an action with missing tags or not admissible")
     temperature: float = _f(1.0, "sampling temperature (the log-probs use the same temperature)")
@@ -370,6 +370,8 @@ class LMTrainer(RunLoop):
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.factory = make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs)
         self.pool = pool or self.make_pool(self.factory)
+        n_games = self.env_attribute(self.pool, self.factory, "n_games")
+        self.n_env_tasks = int(n_games) if n_games else None  # RunLoop.task_seeds draws from 0..n-1 when set
         self.eval_sets = self.build_eval_sets(eval_pool)
         self.eval_pool, self.eval_seeds = self.eval_sets[0].pool, self.eval_sets[0].seeds  # RunLoop's names
         self.eval_hook = eval_hook
@@ -400,18 +402,23 @@ class LMTrainer(RunLoop):
             sets.append(EvalSet(split, pool, self.env_eval_seeds(pool, factory)))
         return sets
 
+    @staticmethod
+    def env_attribute(pool: Any, factory: EnvFactory, name: str) -> Any:
+        """Attribute ``name`` of the pool's environments (``None`` when they lack it): read from the pool's
+        first environment in this process, or from a probe built by ``factory`` (then closed) when the
+        environments live in worker processes."""
+        if isinstance(pool, EnvPool):
+            return getattr(pool.get(1)[0].unwrapped, name, None)
+        env = factory()
+        try:
+            return getattr(env.unwrapped, name, None)
+        finally:
+            env.close()
+
     def env_eval_seeds(self, pool: Any, factory: EnvFactory) -> list[int]:
         """The first ``cfg.eval_episodes`` of the environment's ``EVAL_SEEDS`` (10000, 10001, … when it has
-        none). Read from the pool's first environment in this process, or from a probe built by
-        ``factory`` (then closed) when the environments live in worker processes."""
-        if isinstance(pool, EnvPool):
-            seeds = getattr(pool.get(1)[0].unwrapped, "EVAL_SEEDS", None)
-        else:
-            env = factory()
-            try:
-                seeds = getattr(env.unwrapped, "EVAL_SEEDS", None)
-            finally:
-                env.close()
+        none); see :meth:`env_attribute`."""
+        seeds = self.env_attribute(pool, factory, "EVAL_SEEDS")
         if seeds is None:
             seeds = range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + self.cfg.eval_episodes)
         return [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]

@@ -23,13 +23,12 @@ from gagpo.llm.tiny import tiny_model_path  # noqa: E402
 from gagpo.llm.train import LMTrainConfig, LMTrainer  # noqa: E402
 from gagpo.llm.value import VALUE_HEAD_FILE, ValueHead, explained_variance, next_state_values  # noqa: E402
 
+from .test_llm_train import small as small_config  # noqa: E402
+
 
 def small(tmp_path, name="ppo", **kw) -> LMTrainConfig:
-    base = dict(model="tiny", algo="ppo", iterations=2, tasks_per_iter=2, group_size=4, max_steps=4, max_new_tokens=24,
-                minibatch_size=16, micro_batch_size=8, eval_every=0, eval_episodes=2, checkpoint_every=1,
-                progress=False, out_dir=str(tmp_path / name), device="cpu")
-    base.update(kw)
-    return LMTrainConfig(**base)
+    """The LM trainer tests' small configuration, with ``algo="ppo"`` and no evaluation."""
+    return small_config(tmp_path, name, **{"algo": "ppo", "eval_every": 0, **kw})
 
 
 @pytest.fixture(scope="module")

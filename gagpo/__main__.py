@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_lm.add_argument("--lora-r", type=int, default=0, help="LoRA rank (peft, alpha 32, all linear layers); 0 = full-parameter training (default: %(default)s)")
     p_lm.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
                       help="recompute activations in the backward pass (default: %(default)s)")
+    p_lm.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                      help="hold a frozen reference copy of the model, as full-parameter training with kl_coef > 0 does "
+                           "(ignored with --lora-r: LoRA's reference is the adapter-free model) (default: %(default)s)")
     p_lm.add_argument("--repeats", type=int, default=1, help="timed repeats of each phase; the fastest is reported (default: %(default)s)")
     p_lm.add_argument("--avg-steps", type=float, default=25.0,
                       help="assumed mean episode length for the extrapolation to one recipe iteration (default: %(default)s)")

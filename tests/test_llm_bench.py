@@ -52,7 +52,7 @@ def test_help_documents_every_option(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     for option in ("--model-config", "--device", "--dtype", "--batch", "--prompt-tokens", "--new-tokens", "--micro-batch",
-                   "--lora-r", "--gradient-checkpointing", "--repeats", "--avg-steps", "--seed", "--out"):
+                   "--lora-r", "--gradient-checkpointing", "--reference", "--repeats", "--avg-steps", "--seed", "--out"):
         assert option in text
     assert text.count("(default:") >= 13
     for name in bench.MODEL_CONFIGS:
@@ -111,3 +111,19 @@ def test_extrapolation_arithmetic():
     assert ex["score"] == pytest.approx(2 * n / 4.0)  # old policy + reference (kl_coef 0.01)
     assert ex["update"] == pytest.approx(n * 0.5 + 13 * 1.0)  # ceil(3200 / 256) = 13 AdamW steps
     assert ex["total"] == pytest.approx(ex["rollout"] + ex["score"] + ex["update"])
+
+
+def test_full_parameter_runs_hold_a_frozen_reference_copy():
+    """Full-parameter training with a KL penalty keeps a reference model; the benchmark holds one too
+    (so its memory is a real run's), LoRA and --no-reference do not."""
+    import torch
+
+    settings = dict(model_config="tiny", device="cpu", batch=2, prompt_tokens=8, new_tokens=3, micro_batch=1)
+    policy, _ = bench._build_policy(bench.LMBenchSettings(**settings), torch.device("cpu"))
+    ref = policy.reference_model
+    assert ref is not None and ref is not policy.model
+    assert all(not p.requires_grad for p in ref.parameters())
+    for a, b in zip(ref.parameters(), policy.model.parameters()):
+        assert torch.equal(a, b)
+    assert bench._build_policy(bench.LMBenchSettings(**settings, reference=False), torch.device("cpu"))[0].reference_model is None
+    assert bench._build_policy(bench.LMBenchSettings(**settings, lora_r=4), torch.device("cpu"))[0].reference_model is None

@@ -59,6 +59,7 @@ the measured one, and uses the measured batch size's rates (larger batches gener
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -113,6 +114,7 @@ class LMBenchSettings:
     micro_batch: int = 8                 #: rows per forward pass when scoring and per forward/backward in the update
     lora_r: int = 0                      #: LoRA rank (peft, alpha 32, all linear layers); 0 = full-parameter training
     gradient_checkpointing: bool = True  #: recompute activations in the backward pass
+    reference: bool = True               #: hold a frozen reference copy, as full-parameter training with kl_coef > 0 does
     repeats: int = 1                     #: timed repeats of each phase; the fastest is reported
     avg_steps: float = 25.0              #: assumed mean episode length for the extrapolation
     seed: int = 0                        #: weights, token ids and sampling
@@ -254,6 +256,10 @@ def _build_policy(s: LMBenchSettings, device: torch.device) -> tuple[LMPolicy, s
         model = AutoModelForCausalLM.from_config(model_config(s.model_config), dtype=weight_dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = IdTokenizer.pad_token_id
+    ref = None
+    if s.reference and not s.lora_r:  # LoRA's reference is the adapter-free model: no copy
+        ref = copy.deepcopy(model).eval()
+        ref.requires_grad_(False)
     if s.lora_r:
         from peft import LoraConfig, get_peft_model
 
@@ -267,7 +273,7 @@ def _build_policy(s: LMBenchSettings, device: torch.device) -> tuple[LMPolicy, s
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.eval()
-    policy = LMPolicy(model, IdTokenizer(), autocast_dtype=autocast, micro_batch_size=s.micro_batch,
+    policy = LMPolicy(model, IdTokenizer(), reference_model=ref, autocast_dtype=autocast, micro_batch_size=s.micro_batch,
                       gen_batch_size=s.batch)
     policy.eos_token_ids = []  # responses of exactly new_tokens tokens
     label = {torch.float32: "fp32", torch.bfloat16: "bf16"}[weight_dtype]
@@ -439,7 +445,9 @@ def format_table(rows: list[dict[str, Any]], settings: LMBenchSettings, command:
         f"Workload: {s.batch} prompts of {s.prompt_tokens} random token ids, responses of exactly {s.new_tokens} tokens "
         f"(sampled, temperature 1); micro-batch {s.micro_batch}; "
         f"{f'LoRA r {s.lora_r}' if s.lora_r else 'full-parameter training'}; gradient checkpointing "
-        f"{'on' if s.gradient_checkpointing else 'off'}; best of {s.repeats}. One row = one response = one environment step. "
+        f"{'on' if s.gradient_checkpointing else 'off'}; "
+        f"{'a frozen reference copy held (full-parameter training with a KL penalty); ' if s.reference and not s.lora_r else ''}"
+        f"best of {s.repeats}. One row = one response = one environment step. "
         "Tokens: generated tokens for the rollout, prompt + response tokens for the other phases.",
         "",
         f"| model | device | dtype | params | phase | batch | tokens | seconds | env steps/s (rows/s) | tokens/s | {mem_label} |",
@@ -475,7 +483,8 @@ def format_table(rows: list[dict[str, Any]], settings: LMBenchSettings, command:
         "",
         "- Timings on a shared CPU move with the machine's load (the load average is in the line above); the benchmark "
         "is meant for a GPU (the command is at the top of `gagpo/llm/bench.py`).",
-        f"- Peak memory includes the weights ({r0['params'] * _bytes_per_param(r0['dtype']) / 2**30:.1f} GB in {r0['dtype'].split()[0]}) "
+        f"- Peak memory includes the weights ({r0['params'] * _bytes_per_param(r0['dtype']) / 2**30:.1f} GB in {r0['dtype'].split()[0]}"
+        f"{', twice with the reference copy' if s.reference and not s.lora_r else ''}) "
         "and AdamW's two moment buffers, created by a warm-up step and resident in every phase as across training "
         "iterations" + (", plus the interpreter, libraries and freed memory the allocator keeps." if r0["memory_kind"] != "cuda allocated" else "."),
         "- Prompts are random token ids; every response has exactly the requested length (end-of-sequence is off). "

@@ -37,9 +37,21 @@ def _in_notebook() -> bool:
         return False
 
 
+SAVE_DIR_ENV = "GAGPO_SAVE_DIR"
+"""Environment variable: when set, :func:`save` and :func:`output_dir` write there instead of ``figures/``
+(``make test`` sets it to a temporary folder, so executing the chapters under nbval leaves the committed
+figures untouched; reading committed figures and tables still uses :data:`FIGURES_DIR`)."""
+
+
+def output_dir(directory: str | None = None) -> str:
+    """Where a chapter or benchmark writes its outputs: ``directory`` if given, else ``$GAGPO_SAVE_DIR``
+    if set, else :data:`FIGURES_DIR`."""
+    return directory or os.environ.get(SAVE_DIR_ENV) or FIGURES_DIR
+
+
 def save(fig, name: str, directory: str | None = None) -> str:
-    """Save ``fig`` as ``figures/<name>.png`` and return the path."""
-    directory = directory or FIGURES_DIR
+    """Save ``fig`` as ``<output_dir(directory)>/<name>.png`` (``figures/`` by default) and return the path."""
+    directory = output_dir(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name if name.endswith(".png") else name + ".png")
     fig.savefig(path, bbox_inches="tight")

@@ -1,6 +1,8 @@
 """Shared plotting helpers."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from matplotlib.colors import to_rgba
 
@@ -29,4 +31,22 @@ def test_curves_cover_only_the_common_range():
     learning_curves({"gagpo": runs}, ax=ax)
     x = ax.get_lines()[0].get_xdata()
     assert x[0] == 150 and x[-1] == 300
+    plt.close(fig)
+
+
+def test_save_writes_to_gagpo_save_dir_when_set(tmp_path, monkeypatch):
+    """`make test` sets GAGPO_SAVE_DIR so that executing the chapters does not rewrite the committed figures;
+    an explicit directory still wins."""
+    import matplotlib.pyplot as plt
+
+    from gagpo import plotting
+
+    monkeypatch.setenv(plotting.SAVE_DIR_ENV, str(tmp_path / "out"))
+    fig, _ = plt.subplots()
+    path = plotting.save(fig, "probe")
+    assert path == str(tmp_path / "out" / "probe.png") and (tmp_path / "out" / "probe.png").exists()
+    assert not os.path.exists(os.path.join(plotting.FIGURES_DIR, "probe.png"))
+    assert plotting.save(fig, "probe2", str(tmp_path / "explicit")) == str(tmp_path / "explicit" / "probe2.png")
+    monkeypatch.delenv(plotting.SAVE_DIR_ENV)
+    assert plotting.output_dir() == plotting.FIGURES_DIR
     plt.close(fig)

@@ -29,6 +29,35 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:  # n
     return field(default=default, metadata=meta, **kw)
 
 
+#: The advantage estimator's settings, shared by :class:`TrainConfig` and
+#: :class:`gagpo.llm.LMTrainConfig` (same names, defaults and help): name -> (default, help, choices).
+ESTIMATOR_SETTINGS: dict[str, tuple[Any, str, tuple | None]] = {
+    "gamma": (0.95, "discount factor γ", None),
+    "lam": (0.95, "GAE λ (gagpo, ppo)", None),
+    "norm": ("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", NORMS),
+    "step_weight": (1.0, "GiGPO: weight ω of the step-level (anchor-state) term", None),
+    "reinforce_baseline": ("step_mean", "REINFORCE baseline: none, mean or step_mean", ("none", "mean", "step_mean")),
+    "adv_eps": (1e-6, "ε added to standard deviations in normalisations", None),
+    "anchor_match": ("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", ANCHOR_MATCHES),
+    "anchor_threshold": (0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this", None),
+}
+
+
+def estimator_field(name: str) -> Any:
+    """The dataclass field of estimator setting ``name`` (:data:`ESTIMATOR_SETTINGS`)."""
+    default, help_text, choices = ESTIMATOR_SETTINGS[name]
+    return _f(default, help_text, choices=choices)
+
+
+def check_choices(cfg: Any) -> None:
+    """Raise ``ValueError`` when a field of dataclass ``cfg`` with ``metadata["choices"]`` holds another value."""
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"unknown {f.name} {value!r}; expected one of {list(choices)}")
+
+
 @dataclass
 class TrainConfig:
     """Configuration of one training run (one algorithm, one seed). Field docs are the CLI's help."""
@@ -51,15 +80,15 @@ class TrainConfig:
     group_size: int = _f(8, "trajectories per group, all started from the same task seed (G)")
     n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration")
 
-    # --- estimator
-    gamma: float = _f(0.95, "discount factor γ")
-    lam: float = _f(0.95, "GAE λ (gagpo, ppo)")
-    norm: str = _f("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", choices=NORMS)
-    step_weight: float = _f(1.0, "GiGPO: weight ω of the step-level (anchor-state) term")
-    reinforce_baseline: str = _f("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
-    adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations")
-    anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
-    anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this")
+    # --- estimator (shared with gagpo.llm.LMTrainConfig)
+    gamma: float = estimator_field("gamma")
+    lam: float = estimator_field("lam")
+    norm: str = estimator_field("norm")
+    step_weight: float = estimator_field("step_weight")
+    reinforce_baseline: str = estimator_field("reinforce_baseline")
+    adv_eps: float = estimator_field("adv_eps")
+    anchor_match: str = estimator_field("anchor_match")
+    anchor_threshold: float = estimator_field("anchor_threshold")
 
     # --- policy and update
     policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
@@ -85,11 +114,7 @@ class TrainConfig:
     threads: int = _f(1, "torch CPU threads (1 is fastest for these small models and keeps runs deterministic)")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices is not None and value not in choices:
-                raise ValueError(f"unknown {f.name} {value!r}; expected one of {list(choices)}")
+        check_choices(self)
         for name in ("iterations", "tasks_per_iter", "group_size", "update_epochs", "minibatches", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")

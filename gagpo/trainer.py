@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import advantages as adv_lib
+from .batch import StepBatch
 from .config import TrainConfig, config_mismatch
 from .losses import ppo_clip_loss, value_loss
 from .policies import action_log_probs, entropy, make_policy, make_value
@@ -60,11 +61,18 @@ def compute_advantages(cfg: TrainConfig, rollout: Rollout, value_net: torch.nn.M
         with torch.no_grad():
             values = value_net.values(rollout.observations).double().numpy()
             next_values = value_net.values(rollout.next_observations).double().numpy()
-        raw = adv_lib.gae_advantages(b, values, next_values, cfg.gamma, cfg.lam)
-        # classic PPO normalises advantages over the whole batch, not per rollout group
-        adv = adv_lib.normalize_by_segment(raw, np.zeros(len(b), dtype=np.int64), 1, cfg.norm, cfg.adv_eps)
-        return {"advantages": adv, "values": values, "returns": raw + values}
+        return ppo_targets(cfg, b, values, next_values)
     raise ValueError(f"unknown algo {cfg.algo!r}")
+
+
+def ppo_targets(cfg: TrainConfig, batch: StepBatch, values: np.ndarray, next_values: np.ndarray) -> dict[str, np.ndarray]:
+    r"""PPO's advantages and critic targets from a critic's :math:`V(s_t)` and :math:`V(s'_t)`:
+    :math:`A_t` = :func:`gagpo.advantages.gae_advantages` (γ, λ of ``cfg``), normalised (``cfg.norm``)
+    over the whole batch — classic PPO, not per rollout group; ``returns`` = :math:`A_t + V(s_t)`
+    (before normalisation) are the critic's regression targets."""
+    raw = adv_lib.gae_advantages(batch, values, next_values, cfg.gamma, cfg.lam)
+    adv = adv_lib.normalize_by_segment(raw, np.zeros(len(batch), dtype=np.int64), 1, cfg.norm, cfg.adv_eps)
+    return {"advantages": adv, "values": values, "returns": raw + values}
 
 
 def anchor_histogram(rollout: Rollout) -> dict[str, float]:
@@ -172,10 +180,14 @@ class RunLoop:
         finally:
             if bar is not None:
                 bar.close()
-            self.pool.close()
-            self.eval_pool.close()
+            self.close()
         self.write_metrics()
         return self.history
+
+    def close(self) -> None:
+        """Close the run's environment pools (:meth:`train` does, when it returns or raises)."""
+        self.pool.close()
+        self.eval_pool.close()
 
 
 class Trainer(RunLoop):

@@ -59,7 +59,6 @@ the measured one, and uses the measured batch size's rates (larger batches gener
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import os
@@ -74,7 +73,7 @@ import numpy as np
 import torch
 
 from ..tables import write_csv
-from .policy import LMPolicy, LoraSettings, SamplingSettings, _resolve_device
+from .policy import LMPolicy, LoraSettings, SamplingSettings, _resolve_device, resolve_dtypes
 from .train import LMTrainConfig, action_level_loss
 
 __all__ = ["MODEL_CONFIGS", "DOCUMENTED_PARAMS", "LMBenchSettings", "IdTokenizer", "model_config", "count_parameters",
@@ -245,36 +244,16 @@ def _build_policy(s: LMBenchSettings, device: torch.device) -> tuple[LMPolicy, s
     :meth:`LMPolicy.from_pretrained` sets up a loaded one; returns it and a dtype label."""
     from transformers import AutoModelForCausalLM
 
-    cuda = device.type == "cuda"
-    if s.dtype == "auto":  # LMPolicy.from_pretrained's choice
-        weight_dtype = torch.bfloat16 if (cuda and s.lora_r) else torch.float32
-        autocast = torch.bfloat16 if cuda else None
-    else:
-        weight_dtype, autocast = _DTYPES[s.dtype], None
+    lora = LoraSettings(r=s.lora_r) if s.lora_r else None
+    weight_dtype, autocast = resolve_dtypes(s.dtype, device, lora is not None)
     torch.manual_seed(s.seed)
     with device:  # initialise on the device itself (much faster on a GPU than on the host, then a copy)
         model = AutoModelForCausalLM.from_config(model_config(s.model_config), dtype=weight_dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = IdTokenizer.pad_token_id
-    ref = None
-    if s.reference and not s.lora_r:  # LoRA's reference is the adapter-free model: no copy
-        ref = copy.deepcopy(model).eval()
-        ref.requires_grad_(False)
-    if s.lora_r:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraSettings(r=s.lora_r)
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"))
-    if s.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.eval()
-    policy = LMPolicy(model, IdTokenizer(), reference_model=ref, autocast_dtype=autocast, micro_batch_size=s.micro_batch,
-                      gen_batch_size=s.batch)
+    policy = LMPolicy.from_model(model, IdTokenizer(), lora=lora, gradient_checkpointing=s.gradient_checkpointing,
+                                 reference=s.reference, autocast_dtype=autocast, micro_batch_size=s.micro_batch,
+                                 gen_batch_size=s.batch)
     policy.eos_token_ids = []  # responses of exactly new_tokens tokens
     label = {torch.float32: "fp32", torch.bfloat16: "bf16"}[weight_dtype]
     return policy, label + (" + bf16 autocast" if autocast is not None else "")

@@ -45,6 +45,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from .prompts import render_prompt
@@ -129,6 +130,25 @@ def pad_right(rows: Sequence[Sequence[float]] | Sequence[torch.Tensor], width: i
         if len(r):
             out[b, :len(r)] = torch.as_tensor(r, dtype=dtype)
     return out
+
+
+def unpad_rows(values: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
+    """The inverse of :func:`pad_right`: the masked entries of each row of ``(B, T)`` ``values`` as
+    float32 numpy arrays (e.g. per-token log-probs of each response)."""
+    values, mask = values.float().cpu().numpy(), mask.cpu().numpy().astype(bool)
+    return [values[b, mask[b]].copy() for b in range(len(values))]
+
+
+def resolve_dtypes(dtype: str, device: torch.device, lora: bool) -> tuple[torch.dtype, torch.dtype | None]:
+    """``(weight dtype, autocast dtype or None)`` for a ``dtype`` setting: ``"auto"`` = on CUDA, bf16
+    weights with LoRA and fp32 weights with bf16 autocast for full training; on a CPU, fp32. Otherwise
+    ``"float32"``, ``"bfloat16"`` or ``"float16"`` weights without autocast."""
+    if dtype == "auto":
+        cuda = device.type == "cuda"
+        return (torch.bfloat16 if (cuda and lora) else torch.float32), (torch.bfloat16 if cuda else None)
+    if dtype in _DTYPES:
+        return _DTYPES[dtype], None
+    raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {list(_DTYPES)}")
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -220,16 +240,28 @@ class LMPolicy:
             name_or_path = tiny_model_path(seed=0, format_steps=steps, cache_dir=cache_dir)
             tokenizer_class = PreTrainedTokenizerFast  # never a model-specific class (see gagpo.llm.tiny)
         dev = _resolve_device(device)
-        cuda = dev.type == "cuda"
-        if dtype == "auto":
-            weight_dtype = torch.bfloat16 if (cuda and lora is not None) else torch.float32
-            autocast = torch.bfloat16 if cuda else None
-        elif dtype in _DTYPES:
-            weight_dtype, autocast = _DTYPES[dtype], None
-        else:
-            raise ValueError(f"unknown dtype {dtype!r}; expected 'auto' or one of {list(_DTYPES)}")
+        weight_dtype, autocast = resolve_dtypes(dtype, dev, lora is not None)
         tokenizer = tokenizer_class.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=weight_dtype).to(dev)
+        return cls.from_model(model, tokenizer, lora=lora, gradient_checkpointing=gradient_checkpointing,
+                              reference=reference, autocast_dtype=autocast, micro_batch_size=micro_batch_size,
+                              gen_batch_size=gen_batch_size, system_prompt=system_prompt)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        lora: LoraSettings | None = None,
+        gradient_checkpointing: bool = False,
+        reference: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> "LMPolicy":
+        """Set up an already-built causal LM for training, as :meth:`from_pretrained` does after loading:
+        a frozen reference copy (``reference`` without LoRA), the LoRA adapters, gradient checkpointing,
+        no KV cache outside ``generate()``, eval mode. ``kwargs`` go to the constructor
+        (``micro_batch_size``, ``gen_batch_size``, ``system_prompt``)."""
         ref = None
         if reference and lora is None:
             ref = copy.deepcopy(model).eval()  # same dtype as the policy: KL exactly 0 at the start
@@ -246,8 +278,7 @@ class LMPolicy:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False  # generate() turns the cache on for itself
         model.eval()
-        return cls(model, tokenizer, reference_model=ref, autocast_dtype=autocast, micro_batch_size=micro_batch_size,
-                   gen_batch_size=gen_batch_size, system_prompt=system_prompt)
+        return cls(model, tokenizer, reference_model=ref, autocast_dtype=autocast_dtype, **kwargs)
 
     # ------------------------------------------------------------------ properties
     @property

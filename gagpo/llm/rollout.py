@@ -35,7 +35,7 @@ import torch
 
 from ..rollout import EnvPool, Rollout, rollout_fields
 from .parsing import parse_action
-from .policy import LMPolicy, SamplingSettings
+from .policy import LMPolicy, SamplingSettings, unpad_rows
 from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, extract_task
 
 __all__ = ["LMRollout", "collect_lm", "NO_ACTION"]
@@ -212,8 +212,7 @@ def collect_lm(
     if compute_logp and rows["traj"]:
         with torch.no_grad():
             lp, mask = policy.token_logprobs(rows["prompt_ids"], rows["response_ids"], temperature=sampling.temperature)
-        lp, mask = lp.float().cpu().numpy(), mask.cpu().numpy()
-        token_logp = [lp[r, mask[r]].copy() for r in range(len(lp))]
+        token_logp = unpad_rows(lp, mask)
         seq_logp = np.asarray([x.sum(dtype=np.float64) for x in token_logp])
     score_time = time.perf_counter() - t0
     return LMRollout(

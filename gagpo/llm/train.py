@@ -57,13 +57,12 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..advantages import gae_advantages, normalize_by_segment
-from ..config import ANCHOR_MATCHES, NORMS, TrainConfig, _f
+from ..config import ESTIMATOR_SETTINGS, TrainConfig, _f, check_choices, estimator_field
 from ..envs.factory import EnvFactory, ensure_registered
 from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
-from ..trainer import TRAIN_SEED_RANGE, RunLoop, anchor_histogram, compute_advantages
-from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right
+from ..trainer import TRAIN_SEED_RANGE, RunLoop, anchor_histogram, compute_advantages, ppo_targets
+from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right, unpad_rows
 from .rollout import LMRollout, collect_lm
 from .value import ValueHead, explained_variance, next_state_values
 
@@ -73,8 +72,7 @@ __all__ = ["LM_ALGOS", "ESTIMATOR_FIELDS", "LMTrainConfig", "LMTrainer", "EvalSe
 LM_ALGOS = ("reinforce", "grpo", "rloo", "gigpo", "gagpo", "ppo")
 """Estimators available to language-model training; ``ppo`` adds a value head (:mod:`gagpo.llm.value`)."""
 
-ESTIMATOR_FIELDS = ("algo", "gamma", "lam", "norm", "step_weight", "reinforce_baseline", "adv_eps", "anchor_match",
-                    "anchor_threshold")
+ESTIMATOR_FIELDS = ("algo", *ESTIMATOR_SETTINGS)
 """Fields shared with :class:`gagpo.config.TrainConfig` that :func:`gagpo.trainer.compute_advantages` reads."""
 
 
@@ -117,15 +115,15 @@ class LMTrainConfig:
     max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit")
     num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)")
 
-    # --- estimator (same names and meaning as TrainConfig)
-    gamma: float = _f(0.95, "discount factor γ")
-    lam: float = _f(0.95, "GAE λ (gagpo)")
-    norm: str = _f("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo)", choices=NORMS)
-    step_weight: float = _f(1.0, "GiGPO: weight ω of the step-level (anchor-state) term")
-    reinforce_baseline: str = _f("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
-    adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations")
-    anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
-    anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this")
+    # --- estimator (gagpo.config.ESTIMATOR_SETTINGS: the same names, defaults and help as TrainConfig)
+    gamma: float = estimator_field("gamma")
+    lam: float = estimator_field("lam")
+    norm: str = estimator_field("norm")
+    step_weight: float = estimator_field("step_weight")
+    reinforce_baseline: str = estimator_field("reinforce_baseline")
+    adv_eps: float = estimator_field("adv_eps")
+    anchor_match: str = estimator_field("anchor_match")
+    anchor_threshold: float = estimator_field("anchor_threshold")
     value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)")
     value_lr: float = _f(1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)")
 
@@ -157,10 +155,7 @@ class LMTrainConfig:
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices is not None and getattr(self, f.name) not in choices:
-                raise ValueError(f"unknown {f.name} {getattr(self, f.name)!r}; expected one of {list(choices)}")
+        check_choices(self)
         for name in ("iterations", "tasks_per_iter", "group_size", "update_epochs", "minibatch_size",
                      "micro_batch_size", "gen_batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
@@ -217,8 +212,7 @@ class LMTrainConfig:
 
     def estimator_config(self) -> TrainConfig:
         """The toy trainer's config with this run's estimator fields (what ``compute_advantages`` reads)."""
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        return TrainConfig(**{name: getattr(self, name) for name in ESTIMATOR_FIELDS if name in known})
+        return TrainConfig(**{name: getattr(self, name) for name in ESTIMATOR_FIELDS})
 
     def run_dir(self) -> str:
         if self.out_dir:
@@ -424,7 +418,8 @@ class LMTrainer(RunLoop):
         return [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]
 
     def close(self) -> None:
-        """Close the training and evaluation environments (stops the worker processes of process pools)."""
+        """Close the training environments and those of every evaluation split (stops the worker processes
+        of process pools)."""
         for pool in [self.pool] + [s.pool for s in self.eval_sets]:
             pool.close()
 
@@ -446,8 +441,7 @@ class LMTrainer(RunLoop):
         with torch.no_grad():
             lp, mask = self.policy.token_logprobs(rollout.prompt_ids, rollout.response_ids, reference=True,
                                                   temperature=self.cfg.temperature)
-        lp, mask = lp.float().cpu().numpy(), mask.cpu().numpy()
-        return [lp[r, mask[r]].copy() for r in range(len(lp))]
+        return unpad_rows(lp, mask)
 
     # ------------------------------------------------------------------ advantages
     def advantages(self, rollout: LMRollout) -> dict[str, np.ndarray]:
@@ -456,14 +450,13 @@ class LMTrainer(RunLoop):
 
         Critic-free estimators: :func:`gagpo.trainer.compute_advantages`. ``ppo``: the value head scores
         every row's prompt, and the prompt at the cut of every truncated episode; :math:`V(s'_t)` is
-        the next row's value (:func:`gagpo.llm.value.next_state_values`);
-        :func:`gagpo.advantages.gae_advantages` gives :math:`A_t`, whose regression targets are
-        :math:`A_t + V(s_t)`; the advantages the policy sees are normalised (``cfg.norm``) over the
-        whole batch, not per rollout group — as in :func:`gagpo.trainer.compute_advantages`'s ``ppo``.
+        the next row's value (:func:`gagpo.llm.value.next_state_values`); the toy trainer's
+        :func:`gagpo.trainer.ppo_targets` turns them into GAE advantages normalised over the whole batch
+        (not per rollout group) and the regression targets :math:`A_t + V(s_t)`.
         """
         if self.value_head is None:
             return compute_advantages(self.estimator_cfg, rollout)
-        cfg, b = self.cfg, rollout.batch
+        b = rollout.batch
         values = self.value_head.values(self.policy, rollout.prompt_ids)
         end_values = np.zeros(len(b))
         cut = np.flatnonzero(b.truncated)
@@ -474,9 +467,7 @@ class LMTrainer(RunLoop):
                 raise ValueError("a truncated episode has no bootstrap prompt (LMRollout.bootstrap_prompt_ids): "
                                  "collect the rollout with gagpo.llm.rollout.collect_lm")
             end_values[cut] = self.value_head.values(self.policy, boot)
-        raw = gae_advantages(b, values, next_state_values(b, values, end_values), cfg.gamma, cfg.lam)
-        adv = normalize_by_segment(raw, np.zeros(len(b), dtype=np.int64), 1, cfg.norm, cfg.adv_eps)
-        return {"advantages": adv, "values": values, "returns": raw + values}
+        return ppo_targets(self.estimator_cfg, b, values, next_state_values(b, values, end_values))
 
     # ------------------------------------------------------------------ update
     def update(self, rollout: LMRollout, advantages: np.ndarray, ref_logp: list[np.ndarray] | None,
@@ -639,13 +630,12 @@ class LMTrainer(RunLoop):
 
     # ------------------------------------------------------------------ the loop (RunLoop.train)
     def train(self) -> list[dict[str, Any]]:
-        """Run (or, with ``cfg.resume``, continue) until done; closes every environment pool, then draws
-        ``curves.png``. Returns the metrics history."""
-        try:
-            history = super().train()
-        finally:
-            self.close()
-        self.write_curves()
+        """Run (or, with ``cfg.resume``, continue) until done (:meth:`RunLoop.train`, which closes every
+        environment pool), then draw ``curves.png`` unless the last evaluation just did. Returns the
+        metrics history."""
+        history = super().train()
+        if not (history and any(k.startswith("eval_") for k in history[-1])):
+            self.write_curves()
         return history
 
     def record(self, row: dict[str, Any]) -> dict[str, Any]:

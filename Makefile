@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh clone (Python 3.11, 2 CPU cores, no GPU):
-#   make run   — set up .venv and run the headline experiment (GAGPO vs GiGPO vs GRPO on KeyDoor)
+#   make run   — set up .venv and run the headline experiment (GAGPO vs GiGPO vs GRPO on KeyDoor) under runs/
 #   make test  — set up .venv and run the whole test suite, every notebook under nbval included
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -28,8 +28,10 @@ $(FULL_STAMP): $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pip install -q -e ".[book,dev,lm,alfworld]"
 	touch $(FULL_STAMP)
 
+# writes under runs/headline/ (ignored by git) and prints the table next to the committed figures/headline_keydoor.md;
+# `python -m gagpo headline` without --figures-dir refreshes the committed figures/headline_keydoor.*
 run: $(STAMP)
-	$(BIN)/python -m gagpo headline
+	$(BIN)/python -m gagpo headline --figures-dir runs/headline/figures
 
 # GAGPO_SAVE_DIR: the chapters save their figures into a temporary folder, so a test run leaves figures/ as committed
 test: $(FULL_STAMP)

@@ -5,13 +5,14 @@ import argparse
 import json
 import sys
 
-from .config import TrainConfig, add_dataclass_arguments, dataclass_from_args
+from .config import ENV_ALIASES, TrainConfig, add_dataclass_arguments, dataclass_from_args
 
 
 def _common_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="parallel training processes (default: %(default)s)")
     p.add_argument("--root", default="runs/credit", help="where the runs live; reruns skip finished runs (default: %(default)s)")
-    p.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
+    p.add_argument("--figures-dir", default=None,
+                   help="where to write figures and tables (default: figures/; with --quick <root>/<profile>/figures)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,22 +20,37 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m gagpo",
         description="Train and benchmark advantage estimators (REINFORCE, GRPO, RLOO, PPO, GiGPO, GAGPO) on text environments.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,headline,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,headline,bench,check-gpu}")
 
     p_train = sub.add_parser("train", help="train one algorithm with one seed",
                              description="Train one run of a toy-chapter policy. Metrics go to <out-dir>/metrics.{csv,jsonl}; checkpoints to "
-                                         "<out-dir>/checkpoint.pt. With --model NAME the run trains a language-model policy instead: "
+                                         "<out-dir>/checkpoint.pt; a directory that holds a run needs --resume (continue it) or --overwrite (replace it). With --model NAME the run trains a language-model policy instead: "
                                          "see `python -m gagpo train --model tiny --help`.",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_dataclass_arguments(p_train, TrainConfig)
+    add_dataclass_arguments(p_train, TrainConfig)  # a bad value ends the parse: "error: argument --flag: ...", exit 2
+    parser.train_parser = p_train  # for the cross-field checks of TrainConfig (main)
 
     p_head = sub.add_parser("headline", help="the README's main job: GAGPO vs GiGPO vs GRPO on KeyDoor",
-                            description="Train GRPO, GiGPO and GAGPO on KeyDoor with the same budget for several seeds (2 processes); "
-                                        "writes figures/headline_keydoor.{png,csv,md} and prints the table.")
+                            description="Train GRPO, GiGPO and GAGPO on KeyDoor with the same budget for several seeds (2 processes; "
+                                        "runs under runs/headline, finished ones are reused); writes headline_keydoor.{png,csv,md} and "
+                                        "prints the table, compared with the committed one when written elsewhere than figures/. "
+                                        "--quick runs under runs/headline-quick and writes headline_keydoor_quick.* there.")
     p_head.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: %(default)s)")
     p_head.add_argument("--quick", action="store_true", help="a budget of 80,000 instead of 400,000 environment steps per run (a smoke run)")
     p_head.add_argument("--workers", type=int, default=2, help="parallel processes (default: %(default)s)")
-    p_head.add_argument("--figures-dir", default=None, help="where to write the figure and tables (default: figures/)")
+    p_head.add_argument("--figures-dir", default=None,
+                        help="where to write the figure and tables (default: figures/; with --quick runs/headline-quick/figures)")
+
+    p_gpu = sub.add_parser("check-gpu", help="does language-model training work on this GPU? NaN diagnosis, 3 iterations "
+                           "per training mode, a resume, throughput; writes figures/gpu_check.md",
+                           description="Build real-shape models locally (random weights, no download), diagnose attention on "
+                                       "padded rows, train 3 iterations each of full-parameter GAGPO, LoRA GAGPO and PPO with a "
+                                       "value head on MiniHousehold, resume one of them, and run `bench lm` for Qwen2.5-0.5B and "
+                                       "-1.5B shapes (full and LoRA). Exits with 1 if a step fails or a training metric is not "
+                                       "finite. Sized to finish within 6 minutes on one H100 (each step has its own time limit); --device cpu --quick runs tiny shapes on a CPU.")
+    from .llm.gpucheck import build_parser as _gpu_parser  # imports no torch
+
+    _gpu_parser(p_gpu)
 
     p_bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print tables.")
     bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration,lm}")
@@ -99,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_lm.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                       help="hold a frozen reference copy of the model, as full-parameter training with kl_coef > 0 does "
                            "(ignored with --lora-r: LoRA's reference is the adapter-free model) (default: %(default)s)")
+    p_lm.add_argument("--engine", choices=("hf", "hf-compiled", "hf-shared"), default="hf",
+                      help="rollout engine: hf = generate on a serving copy in the serving dtype (LoRA merged); hf-compiled = "
+                           "the same with a static KV cache and torch.compile (GPU; the compilation is timed apart); hf-shared "
+                           "= generate with the training model under autocast (default: %(default)s)")
     p_lm.add_argument("--repeats", type=int, default=1, help="timed repeats of each phase; the fastest is reported (default: %(default)s)")
     p_lm.add_argument("--avg-steps", type=float, default=25.0,
                       help="assumed mean episode length for the extrapolation to one recipe iteration (default: %(default)s)")
@@ -112,7 +132,29 @@ LM_BENCH_MODELS = ("tiny", "qwen2.5-0.5b", "qwen2.5-1.5b")
 """``gagpo.llm.bench.MODEL_CONFIGS``' names, repeated here so that building the parser imports no torch."""
 
 
-ENV_ALIASES = {"alfworld": "gagpo/ALFWorld-v0", "keydoor": "toy_envs/KeyDoor-v0", "household": "toy_envs/MiniHousehold-v0"}
+def _check_env_kwargs(parser: argparse.ArgumentParser, cfg) -> None:
+    """Build the environment once when ``--env-kwargs`` is given, so that a value it refuses (a size
+    too small, ...) is a parse error (``error: argument --env-kwargs: ...``, exit 2), not a traceback."""
+    if not cfg.env_kwargs:
+        return
+    from .envs.factory import EnvFactory
+
+    try:
+        EnvFactory(cfg.env, cfg.max_steps, cfg.env_kwargs)().close()
+    except (TypeError, ValueError, OSError) as exc:  # a bad value, a data folder that is not there, ...
+        parser.error(f"argument --env-kwargs: {cfg.env} refuses {json.dumps(cfg.env_kwargs)}: {exc}")
+
+
+def _run(train_fn, cfg) -> list | None:
+    """``train_fn(cfg)``; a :class:`gagpo.rundir.RunDirError` (directory in use, holding another run,
+    read-only, full) is printed as ``error: ...`` and gives ``None``."""
+    from .rundir import RunDirError
+
+    try:
+        return train_fn(cfg)
+    except RunDirError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def build_lm_parser() -> argparse.ArgumentParser:
@@ -137,7 +179,8 @@ def build_lm_parser() -> argparse.ArgumentParser:
             "      --iterations 2 --tasks-per-iter 2 --group-size 2 --max-steps 3 --max-new-tokens 16\n"
             "  python -m gagpo train --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --num-workers 8\n"
             "  python -m gagpo train --model tiny --algo ppo --iterations 2   # PPO with a learned critic\n"
-            "  ... add --resume to continue a run from the checkpoint in --out-dir"),
+            "  ... add --resume to continue a run from the checkpoint in --out-dir, --overwrite to replace it\n"
+            "      (a directory that holds a run is refused without either; one process per directory)"),
     )
     add_dataclass_arguments(parser, LMTrainConfig)
     return parser
@@ -146,15 +189,15 @@ def build_lm_parser() -> argparse.ArgumentParser:
 def train_lm_main(argv: list[str]) -> int:
     from .llm.train import LMTrainConfig, train_lm
 
-    args = build_lm_parser().parse_args(argv)
+    parser = build_lm_parser()
+    args = parser.parse_args(argv)  # a bad value ends here: "error: argument --flag: ...", exit status 2
     args.env = ENV_ALIASES.get(args.env, args.env)
-    try:
-        cfg = dataclass_from_args(LMTrainConfig, args)
-        splits = cfg.eval_split_names()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    history = train_lm(cfg)
+    cfg = dataclass_from_args(LMTrainConfig, args, parser)  # so does a cross-field check
+    _check_env_kwargs(parser, cfg)
+    splits = cfg.eval_split_names()
+    history = _run(train_lm, cfg)
+    if history is None:
+        return 1
     last = history[-1] if history else {}
     keys = ("iteration", "env_steps", "success", "invalid_rate", "eval_success", *(f"eval_{s}_success" for s in splits))
     print(json.dumps({k: last[k] for k in keys if k in last}))
@@ -166,20 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"] and any(a == "--model" or a.startswith("--model=") for a in argv[1:]):
         return train_lm_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "train":
-        try:
-            cfg = dataclass_from_args(TrainConfig, args)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        cfg = dataclass_from_args(TrainConfig, args, parser.train_parser)  # a cross-field check ends here, exit status 2
+        _check_env_kwargs(parser.train_parser, cfg)
         from .trainer import train
 
-        history = train(cfg)
+        history = _run(train, cfg)
+        if history is None:
+            return 1
         last = history[-1] if history else {}
         print(json.dumps({k: last[k] for k in ("iteration", "env_steps", "success", "eval_success") if k in last}))
         print(f"metrics and checkpoint in {cfg.run_dir()}")
         return 0
+    if args.command == "check-gpu":
+        from .llm.gpucheck import main as check_gpu
+
+        return check_gpu(args, "python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.command == "headline":
         from .bench import headline
 

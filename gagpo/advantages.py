@@ -13,9 +13,10 @@ Group statistics use the *population* standard deviation (``ddof=0``): a group o
 so a singleton gets a zero advantage under ``"mean_std"`` and ``"mean"`` alike. (verl's GRPO uses
 the unbiased std; with G ≥ 4 the two differ by a factor :math:`\sqrt{G/(G-1)}` only.)
 
-Vectorisation: quantities that recurse along a trajectory (returns, GAE) are computed on an
-``(n_traj, T_max)`` grid with one numpy operation per time step — a loop over *time*, never over
-rows; group statistics use ``np.bincount``.
+Vectorisation: quantities that recurse along a trajectory (returns, GAE) are computed by
+:func:`reverse_scan` with one numpy operation per time step over the rows at that step — a loop over
+*time*, never over rows, in memory linear in the number of rows (no padded trajectory × time grid,
+which a long trajectory among many short ones would blow up); group statistics use ``np.bincount``.
 """
 from __future__ import annotations
 
@@ -53,26 +54,25 @@ def _check_row_array(batch: StepBatch, name: str, values) -> np.ndarray:
 def reverse_scan(batch: StepBatch, x: np.ndarray, coef: float | np.ndarray) -> np.ndarray:
     r"""Solve :math:`y_t = x_t + c_t\, y_{t+1}` backwards along each trajectory (:math:`y_{L} = 0`).
 
-    ``x`` and ``coef`` are per-row arrays of shape (N,) (``coef`` may be a scalar). Rows are placed on
-    an ``(n_traj, T_max)`` grid by ``(traj_index, step)``; the loop runs over time steps, each a
-    vector operation over all trajectories. Returns y aligned with the batch rows.
+    ``x`` and ``coef`` are per-row arrays of shape (N,) (``coef`` may be a scalar). The loop runs over
+    time steps, from the last to the first; step t is one vector operation over the rows at step t of
+    every trajectory, each reading :math:`y_{t+1}` of its successor row (:attr:`StepBatch.next_row`;
+    a trajectory's last row reads 0). Time and memory are linear in the number of rows — a batch
+    of one 20,000-step trajectory and 20,000 one-step ones needs no 20,000 × 20,000 grid. Returns y
+    aligned with the batch rows.
     """
     n = len(batch)
     if n == 0:
         return np.zeros(0)
-    rows, cols = batch.traj_index, batch.step
-    t_max = int(cols.max()) + 1
-    xg = np.zeros((batch.n_traj, t_max + 1))
-    xg[rows, cols] = x
-    if np.ndim(coef) == 0:
-        cg = np.full((batch.n_traj, t_max + 1), float(coef))
-    else:
-        cg = np.zeros((batch.n_traj, t_max + 1))
-        cg[rows, cols] = coef
-    yg = np.zeros_like(xg)  # column t_max and padding stay 0: nothing flows past a trajectory's end
-    for t in range(t_max - 1, -1, -1):
-        yg[:, t] = xg[:, t] + cg[:, t] * yg[:, t + 1]
-    return yg[rows, cols]
+    x = np.asarray(x, dtype=np.float64)
+    c = np.broadcast_to(np.asarray(coef, dtype=np.float64), (n,))
+    nxt = np.where(batch.next_row >= 0, batch.next_row, n)  # row n holds the 0 after a trajectory's end
+    y = np.zeros(n + 1)
+    order, bounds = batch.rows_by_step
+    for t in range(len(bounds) - 2, -1, -1):
+        rows = order[bounds[t] : bounds[t + 1]]
+        y[rows] = x[rows] + c[rows] * y[nxt[rows]]
+    return y[:n]
 
 
 def _segment_mean_std(values: np.ndarray, segment: np.ndarray, n_segments: int) -> tuple[np.ndarray, np.ndarray]:

@@ -78,24 +78,82 @@ def shingles(text: str, n: int = 2, bucket_numbers: bool = False) -> frozenset[s
     return frozenset(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
+class JaccardIndex:
+    r"""Exact Jaccard similarities of a list of sets, computed a block of rows at a time.
+
+    :func:`jaccard_matrix` builds all :math:`U^2` similarities at once — 800 MB for 10,000 distinct
+    observations, and a dense :math:`U \times V` incidence matrix over the whole shingle vocabulary on top.
+    This index holds only the sparse incidence and answers :meth:`rows`: the similarities of some
+    items with all :math:`U`, so the memory of a clustering is one block of rows, not the matrix.
+
+    Intersections :math:`|S_u \cap S_w|` are counted in two parts that add up exactly (integer
+    counts in floating point): shingles shared by many sets ("the key", "steps north") form a small
+    dense 0/1 matrix whose products a BLAS matrix multiply counts; every other shingle contributes
+    the pairs of sets of its (short) posting list, counted with ``np.bincount``. The similarities
+    are then :math:`|S_u \cap S_w| / (|S_u| + |S_w| - |S_u \cap S_w|)`, the same floating-point
+    operations as :func:`jaccard_matrix`, so the two agree bit for bit.
+    """
+
+    def __init__(self, sets: Sequence[frozenset], dense_fraction: float = 1 / 32):
+        self.n = u = len(sets)
+        lengths = np.asarray([len(x) for x in sets], dtype=np.int64)
+        codes, vocabulary = factorize([x for s in sets for x in s])
+        owner = np.repeat(np.arange(u), lengths)
+        self.sizes = lengths.astype(np.float64)
+        df = np.bincount(codes, minlength=len(vocabulary))
+        frequent = df > max(1.0, dense_fraction * u)  # shared by more than 1/32 of the sets: counted by BLAS
+        dense_col = np.cumsum(frequent) - 1
+        self.dense = np.zeros((u, int(frequent.sum())), dtype=np.float32)  # exact for counts < 2**24
+        is_dense = frequent[codes]
+        self.dense[owner[is_dense], dense_col[codes[is_dense]]] = 1.0
+        # the other shingles: per set, its shingle codes; per shingle, the sets holding it (posting list)
+        r_owner, r_code = owner[~is_dense], codes[~is_dense]  # sorted by owner
+        self.set_start = np.searchsorted(r_owner, np.arange(u + 1))
+        self.set_codes = r_code
+        by_code = np.argsort(r_code, kind="stable")
+        self.posting = r_owner[by_code]
+        self.post_start = np.searchsorted(r_code[by_code], np.arange(len(vocabulary) + 1))
+
+    def intersections(self, items: np.ndarray) -> np.ndarray:
+        r""":math:`|S_i \cap S_w|` for every ``i`` in ``items`` and every set ``w``, shape ``(len(items), U)``."""
+        items = np.asarray(items, dtype=np.int64)
+        inter = (self.dense[items] @ self.dense.T).astype(np.float64)
+        # sparse part: each (item k, shingle c) incidence meets every set of c's posting list
+        first, count = self.set_start[items], self.set_start[items + 1] - self.set_start[items]
+        k = np.repeat(np.arange(len(items)), count)
+        c = self.set_codes[_ragged_arange(first, count)]
+        post_first, post_count = self.post_start[c], self.post_start[c + 1] - self.post_start[c]
+        partner = self.posting[_ragged_arange(post_first, post_count)]
+        flat = np.repeat(k, post_count) * self.n + partner
+        inter += np.bincount(flat, minlength=inter.size).reshape(inter.shape)
+        return inter
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """Jaccard similarities of each of ``items`` with every set, shape ``(len(items), U)``."""
+        items = np.asarray(items, dtype=np.int64)
+        inter = self.intersections(items)
+        union = self.sizes[items][:, None] + self.sizes[None, :] - inter
+        return np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
+
+
+def _ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])`` without a Python loop."""
+    ends = np.cumsum(counts)
+    return np.repeat(starts - ends + counts, counts) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
 def jaccard_matrix(sets: Sequence[frozenset]) -> np.ndarray:
     r"""All pairwise Jaccard similarities of ``sets``, shape ``(U, U)``, symmetric with ones on the diagonal.
 
     With the incidence matrix :math:`M_{uv} = [v \in S_u]`, the intersections are :math:`M M^\top`
     and the unions :math:`|S_u| + |S_w| - |S_u \cap S_w|`. Two empty sets have similarity 1; an
-    empty set and a non-empty one 0.
+    empty set and a non-empty one 0. Memory grows as :math:`U^2`: for many sets use
+    :class:`JaccardIndex`, which computes the same numbers a block of rows at a time.
     """
     u = len(sets)
     if u == 0:
         return np.zeros((0, 0))
-    codes, vocabulary = factorize([x for s in sets for x in s])
-    rows = np.repeat(np.arange(u), [len(s) for s in sets])
-    incidence = np.zeros((u, max(len(vocabulary), 1)))
-    incidence[rows, codes] = 1.0
-    inter = incidence @ incidence.T
-    sizes = np.diag(inter)
-    union = sizes[:, None] + sizes[None, :] - inter
-    return np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
+    return JaccardIndex(sets).rows(np.arange(u))
 
 
 def leader_clusters(similarity: np.ndarray, order: Sequence[int], threshold: float) -> np.ndarray:
@@ -110,17 +168,41 @@ def leader_clusters(similarity: np.ndarray, order: Sequence[int], threshold: flo
     u = similarity.shape[0]
     if similarity.shape != (u, u):
         raise ValueError(f"similarity must be square; got shape {similarity.shape}")
+    return _leader_clusters(lambda items: similarity[items], u, order, threshold, block=max(u, 1))
+
+
+def _leader_clusters(similarity_rows, u: int, order: Sequence[int], threshold: float, block: int) -> np.ndarray:
+    """:func:`leader_clusters` with the similarity rows asked for ``block`` visited items at a time
+    (``similarity_rows(items)`` has shape ``(len(items), U)``); rows of items already claimed when
+    their block comes up are never computed — they cannot lead."""
     order = np.asarray(order, dtype=np.int64)
     if sorted(order.tolist()) != list(range(u)):
         raise ValueError("order must be a permutation of 0..U-1")
     labels = np.full(u, -1, dtype=np.int64)
-    for i in order:
-        if labels[i] >= 0:
+    for start in range(0, u, block):
+        candidates = order[start : start + block]
+        candidates = candidates[labels[candidates] < 0]
+        if not len(candidates):
             continue
-        claim = (labels < 0) & (similarity[i] >= threshold)
-        claim[i] = True
-        labels[claim] = i
+        similarity = similarity_rows(candidates)
+        for row, i in zip(similarity, candidates):
+            if labels[i] >= 0:
+                continue
+            claim = (labels < 0) & (row >= threshold)
+            claim[i] = True
+            labels[claim] = i
     return labels
+
+
+def jaccard_leader_clusters(sets: Sequence[frozenset], order: Sequence[int], threshold: float,
+                            block_bytes: int = 16 * 2**20) -> np.ndarray:
+    """``leader_clusters(jaccard_matrix(sets), order, threshold)`` — the same labels — in memory
+    linear in the number of sets: the similarities come from a :class:`JaccardIndex`, a block of
+    rows (at most ``block_bytes`` of float64) at a time."""
+    u = len(sets)
+    block = max(1, min(u, block_bytes // (8 * max(u, 1))))
+    index = JaccardIndex(sets)
+    return _leader_clusters(index.rows, u, order, threshold, block)
 
 
 def near_duplicate_keys(
@@ -154,8 +236,10 @@ def near_duplicate_keys(
         visits = np.bincount(codes[: len(rows)], minlength=len(uniques))
         text_rank = np.argsort(np.argsort(np.asarray([str(k) for k in uniques], dtype=object)))
         order = np.lexsort((text_rank, -visits))  # most visited first, ties by text: independent of row order
-        sets = [shingle_cache.setdefault(k, shingles(k, n, bucket_numbers)) for k in uniques]
-        labels = leader_clusters(jaccard_matrix(sets), order, threshold)
+        for k in uniques:
+            if k not in shingle_cache:
+                shingle_cache[k] = shingles(k, n, bucket_numbers)
+        labels = jaccard_leader_clusters([shingle_cache[k] for k in uniques], order, threshold)
         leader_key = np.empty(len(uniques), dtype=object)
         leader_key[:] = [uniques[j] for j in labels]
         merged = leader_key[codes]
@@ -179,4 +263,5 @@ def near_duplicate_batch(
     )
 
 
-__all__ = ["bucket_number", "shingles", "jaccard_matrix", "leader_clusters", "near_duplicate_keys", "near_duplicate_batch"]
+__all__ = ["bucket_number", "shingles", "JaccardIndex", "jaccard_matrix", "leader_clusters", "jaccard_leader_clusters",
+           "near_duplicate_keys", "near_duplicate_batch"]

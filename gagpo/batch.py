@@ -25,10 +25,13 @@ Derived, cached integer codes (the vectorised estimators work on these):
 * ``traj_index`` — trajectory of each row as 0..n_traj-1; ``traj_group`` maps trajectory → group;
 * ``anchor_index`` — the anchor group (same ``group_id`` and equal ``obs_key``) of each row as
   0..n_anchors-1; ``next_anchor_index`` — the anchor group of ``(group_id, next_obs_key)``, or -1
-  when that key never occurs as an ``obs_key`` in the group.
+  when that key never occurs as an ``obs_key`` in the group;
+* ``next_row`` — the row of the same trajectory's next step (-1 at its last row) and ``rows_by_step`` —
+  the rows grouped by step index: what a recursion along trajectories needs, in O(N) memory.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Hashable, Iterable, Mapping, Sequence
@@ -71,10 +74,13 @@ class StepBatch:
     """One row per agent decision; see the module docstring for the columns.
 
     Build it from arrays (``StepBatch(group_id=..., traj_id=..., ...)``) or from a list of dicts
-    (:meth:`from_rows`). Construction validates the layout and raises ``ValueError`` naming the
-    problem: mismatched lengths, NaN/inf rewards, duplicate ``(traj_id, step)``, gaps in ``step``
-    (each trajectory must hold steps 0..L-1), rows after a terminal (terminated or truncated) row,
-    or a trajectory that appears in two groups.
+    (:meth:`from_rows`). Construction validates the columns and the layout and raises ``ValueError``
+    naming the column and the first offending row: a column that is not 1-D, mismatched lengths, a
+    ``step`` or ``reward`` that is not a number (strings from a CSV included), a non-integer step,
+    NaN/inf rewards, flags that are not booleans (``True``/``False``, numpy bools or the integers
+    0/1 — never the string ``"False"``, which ``bool()`` makes True), duplicate ``(traj_id, step)``,
+    gaps in ``step`` (each trajectory must hold steps 0..L-1), rows after a terminal (terminated or
+    truncated) row, or a trajectory that appears in two groups.
     """
 
     group_id: np.ndarray
@@ -94,6 +100,8 @@ class StepBatch:
             value = getattr(self, name)
             if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
                 raise ValueError(f"StepBatch column {name!r} must be a 1-D sequence, got {type(value).__name__}")
+            if isinstance(value, np.ndarray) and value.ndim != 1:
+                raise ValueError(f"StepBatch column {name!r} must be 1-D (one value per row); got an array of shape {value.shape}")
             if n is None:
                 n = len(value)
             elif len(value) != n:
@@ -108,17 +116,20 @@ class StepBatch:
             value = getattr(self, name)
             arr = value if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1 else _object_array(value)
             set_(self, name, arr)
-        step = np.asarray(self.step)
-        if step.size and (step.dtype.kind not in "iu" and not np.all(np.equal(np.mod(step, 1), 0))):
-            raise ValueError("StepBatch column 'step' must hold integers (0-based position in the trajectory)")
-        set_(self, "step", step.astype(np.int64, copy=False).reshape(-1))
-        reward = np.asarray(self.reward, dtype=np.float64).reshape(-1)
+        step = _number_column("step", self.step)
+        if step.dtype.kind == "f":
+            bad = np.flatnonzero(~np.isfinite(step) | (np.mod(step, 1) != 0))
+            if bad.size:
+                raise ValueError(f"StepBatch column 'step' must hold integers (0-based position in the trajectory); "
+                                 f"row {bad[0]} holds {step[bad[0]]!r}")
+        set_(self, "step", step.astype(np.int64, copy=False))
+        reward = _number_column("reward", self.reward).astype(np.float64, copy=False)
         if not np.all(np.isfinite(reward)):
             bad = np.flatnonzero(~np.isfinite(reward))[:5].tolist()
             raise ValueError(f"StepBatch 'reward' must be finite; NaN/inf at rows {bad}")
         set_(self, "reward", reward)
         for name in ("terminated", "truncated"):
-            set_(self, name, np.asarray(getattr(self, name), dtype=bool).reshape(-1))
+            set_(self, name, _flag_column(name, getattr(self, name)))
         self._validate_layout()
 
     @classmethod
@@ -203,6 +214,32 @@ class StepBatch:
         return np.bincount(self.traj_index, minlength=self.n_traj)
 
     @cached_property
+    def _traj_step_order(self) -> np.ndarray:
+        """The rows sorted by ``(traj_index, step)`` (shared by the layout check and :attr:`next_row`)."""
+        return np.lexsort((self.step, self.traj_index))
+
+    @cached_property
+    def next_row(self) -> np.ndarray:
+        """Row index of the same trajectory's next step (``step + 1``), or -1 at its last row, shape (N,).
+
+        Found by sorting the rows by ``(traj_index, step)`` — O(N log N) time, O(N) memory — so the
+        recursions along trajectories (:func:`gagpo.advantages.reverse_scan`) need no padded grid.
+        """
+        order = self._traj_step_order
+        same = self.traj_index[order[1:]] == self.traj_index[order[:-1]]
+        out = np.full(len(self), -1, dtype=np.int64)
+        out[order[:-1][same]] = order[1:][same]
+        return out
+
+    @cached_property
+    def rows_by_step(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, bounds)``: the rows sorted by ``step`` (stable), and ``bounds`` of shape (T_max + 1,)
+        such that ``order[bounds[t]:bounds[t + 1]]`` are the rows at step t of every trajectory."""
+        order = np.argsort(self.step, kind="stable")
+        t_max = int(self.step.max()) + 1 if len(self) else 0
+        return order, np.searchsorted(self.step[order], np.arange(t_max + 1))
+
+    @cached_property
     def _anchor_codes(self) -> tuple[np.ndarray, np.ndarray, int]:
         n = len(self)
         key_codes, _ = factorize(np.concatenate([self.obs_key, self.next_obs_key]))
@@ -256,7 +293,7 @@ class StepBatch:
                 f"trajectory {self.traj_id[bad]!r} appears in two groups; each traj_id must belong to exactly one group_id"
             )
         # steps of each trajectory are exactly 0..L-1 (no duplicates, no gaps)
-        order = np.lexsort((step, traj))
+        order = self._traj_step_order
         t_sorted, s_sorted = traj[order], step[order]
         same = t_sorted[1:] == t_sorted[:-1]
         dup = same & (s_sorted[1:] == s_sorted[:-1])
@@ -280,6 +317,56 @@ class StepBatch:
             raise ValueError(
                 f"rows after a terminal row: trajectory {self.traj_id[i]!r} ends (terminated/truncated) at step {int(step[i])} but has later steps"
             )
+
+
+def _column_array(name: str, value) -> np.ndarray:
+    """``value`` as a 1-D array that keeps its elements: numbers and bools get a numeric dtype, anything
+    else (strings, None, nested sequences) an object array, so errors can show the row as it was given."""
+    try:
+        arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except ValueError:  # ragged nested sequences
+        arr = _object_array(value)
+    if arr.ndim != 1:
+        row = next((i for i, v in enumerate(value) if np.ndim(v) != 0), 0)
+        raise ValueError(f"StepBatch column {name!r} must be 1-D (one value per row); got shape {arr.shape}: "
+                         f"row {row} holds {value[row]!r}")
+    if arr.dtype.kind not in "biuf" and not isinstance(value, np.ndarray):
+        arr = _object_array(value)  # e.g. [True, "False"]: numpy would turn the True into the string "True"
+    return arr
+
+
+def _number_column(name: str, value) -> np.ndarray:
+    """A numeric column (``step``, ``reward``) as a 1-D numeric array; strings, None and sequences are
+    rejected with the first offending row (a CSV's "1.0" must be converted by the caller)."""
+    arr = _column_array(name, value)
+    if arr.dtype.kind in "biuf":
+        return arr
+    for i, v in enumerate(arr):
+        if not isinstance(v, (numbers.Real, np.bool_)):
+            raise ValueError(f"StepBatch column {name!r} must hold numbers; row {i} holds {v!r} ({type(v).__name__})")
+    return arr.astype(np.float64)
+
+
+def _flag_column(name: str, value) -> np.ndarray:
+    """A flag column (``terminated``, ``truncated``) as booleans.
+
+    Accepts real bools, numpy bools and the integers 0/1; anything else — above all strings such as
+    ``"False"`` read from a CSV, which ``bool()`` would turn into True — raises with the first offending row.
+    """
+    arr = _column_array(name, value)
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind in "iu":
+        ok = (arr == 0) | (arr == 1)
+    else:
+        ok = np.fromiter((isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)) for v in arr),
+                         dtype=bool, count=len(arr))
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        v = arr[i]
+        raise ValueError(f"StepBatch column {name!r} must hold booleans (True/False, numpy bools or the integers 0/1); "
+                         f"row {i} holds {v!r} ({type(v).__name__})")
+    return arr.astype(bool)
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list]:

@@ -1,7 +1,8 @@
 """Benchmarks and the headline experiment: scripts that print tables and write figures.
 
 * :func:`throughput` — rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes;
-* :func:`headline` — GAGPO vs GiGPO vs GRPO on KeyDoor with a small budget (the README's main job).
+* :func:`headline` — GAGPO vs GiGPO vs GRPO on KeyDoor with a small budget (the README's main job;
+  ``--quick`` runs and writes apart from the full run, under ``runs/headline-quick``).
 
 Speed and sample-efficiency are measured here, never in timed tests.
 """
@@ -97,51 +98,67 @@ def _timed_fresh(fn, n_groups: int) -> float:
 HEADLINE_ALGOS = ("grpo", "gigpo", "gagpo")
 HEADLINE_BUDGET = 400_000  # environment steps per run
 HEADLINE_QUICK_BUDGET = 80_000
+HEADLINE_ROOTS = {False: "runs/headline", True: "runs/headline-quick"}  # quick runs never reuse (or clobber) full ones
 
 
-def headline_config(algo: str, seed: int, quick: bool = False, out_root: str = "runs/headline") -> TrainConfig:
+def headline_config(algo: str, seed: int, quick: bool = False, out_root: str | None = None) -> TrainConfig:
     """The KeyDoor configuration shared by every algorithm of the headline run: the same budget of
-    environment steps (not iterations: a policy that succeeds sooner has shorter episodes)."""
+    environment steps (not iterations: a policy that succeeds sooner has shorter episodes). Runs live
+    under ``out_root`` (default :data:`HEADLINE_ROOTS`: ``runs/headline`` or ``runs/headline-quick``)."""
     return TrainConfig(
         env="toy_envs/KeyDoor-v0", algo=algo, seed=seed, iterations=100_000,
-        env_step_budget=HEADLINE_QUICK_BUDGET if quick else HEADLINE_BUDGET, tasks_per_iter=8, group_size=8, eval_every=10, eval_episodes=50, progress=False, out_dir=os.path.join(out_root, f"{algo}-seed{seed}"),
+        env_step_budget=HEADLINE_QUICK_BUDGET if quick else HEADLINE_BUDGET, tasks_per_iter=8, group_size=8, eval_every=10, eval_episodes=50, progress=False,
+        out_dir=os.path.join(out_root or HEADLINE_ROOTS[quick], f"{algo}-seed{seed}"),
     )
 
 
 def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int = 2,
-             figures_dir: str | None = None, algos: Sequence[str] = HEADLINE_ALGOS) -> list[dict[str, Any]]:
+             figures_dir: str | None = None, algos: Sequence[str] = HEADLINE_ALGOS, root: str | None = None) -> list[dict[str, Any]]:
     """Train every algorithm of ``algos`` on KeyDoor for each seed, then write
-    ``figures/headline_keydoor.{png,csv,md}`` and print the results table."""
-    from .plotting import FIGURES_DIR
+    ``headline_keydoor.{png,csv,md}`` (``headline_keydoor_quick.*`` with ``quick``) and print the
+    results table.
 
-    figures_dir = figures_dir or FIGURES_DIR
-    configs = [headline_config(a, s, quick) for a in algos for s in seeds]
+    Runs live under ``root`` (default ``runs/headline``, ``runs/headline-quick`` with ``quick``); the
+    outputs go to ``figures_dir``, by default ``figures/`` for the full run and ``<root>/figures`` for
+    the quick one (:func:`gagpo.credit.report_dir`). When they do not go to ``figures/``, the table is
+    compared with the committed ``figures/headline_keydoor.md`` (``make run`` does this).
+    """
+    from .credit import compare_with_committed, cost_text, report_dir
+
+    root = root or HEADLINE_ROOTS[quick]
+    figures_dir = report_dir(figures_dir, quick, root)
+    os.makedirs(figures_dir, exist_ok=True)
+    stem = "headline_keydoor" + ("_quick" if quick else "")
+    configs = [headline_config(a, s, quick, root) for a in algos for s in seeds]
     t0 = time.time()
     results = run_configs(configs, workers, desc="headline runs")  # finished runs are reused, interrupted ones resume
     elapsed = time.time() - t0
     rows = [dict(algo=c.algo, seed=c.seed, **r) for c, hist in zip(configs, results) for r in hist]
-    write_csv(rows, os.path.join(figures_dir, "headline_keydoor.csv"))
+    write_csv(rows, os.path.join(figures_dir, stem + ".csv"))
     random_success = random_policy_success(configs[0])
-    path = headline_figure(rows, algos, seeds, random_success, figures_dir)
+    path = headline_figure(rows, algos, seeds, random_success, figures_dir, stem)
     table = headline_table(rows, algos, seeds, random_success)
-    with open(os.path.join(figures_dir, "headline_keydoor.md"), "w") as fh:
-        fh.write(table + f"\n\nProduced by `python -m gagpo headline{' --quick' if quick else ''}` in {elapsed / 60:.1f} min "
-                 f"on {os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}.\n")
+    with open(os.path.join(figures_dir, stem + ".md"), "w") as fh:
+        fh.write(table + f"\n\nProduced by `python -m gagpo headline{' --quick' if quick else ''}` on {time.strftime('%Y-%m-%d')}: "
+                 f"{cost_text(configs, elapsed, workers)}.\n")
     print(table)
-    print(f"\nfigure: {path}\nwall time: {elapsed / 60:.1f} min")
+    print(f"\nfigure: {path}\nwall time: {elapsed / 60:.1f} min (runs under {root}; finished runs are loaded, not retrained)")
+    comparison = compare_with_committed(table, figures_dir, stem + ".md")
+    if comparison:
+        print("\nThis table is " + comparison)
     return rows
 
 
 def headline_figure(rows: list[dict[str, Any]], algos: Sequence[str], seeds: Sequence[int], random_success: float,
-                    figures_dir: str) -> str:
-    """Draw ``headline_keydoor.png`` from the per-iteration rows (e.g. re-read from the CSV)."""
+                    figures_dir: str, name: str = "headline_keydoor") -> str:
+    """Draw ``<name>.png`` (``headline_keydoor.png``) from the per-iteration rows (e.g. re-read from the CSV)."""
     from .plotting import learning_curves, save, use_style
 
     curves = {a: [eval_curve([r for r in rows if r["algo"] == a and int(r["seed"]) == s]) for s in seeds] for a in algos}
     plt = use_style()
     fig, ax = plt.subplots()
     learning_curves(curves, title="KeyDoor: held-out success (greedy) vs environment steps", ax=ax, random_baseline=random_success)
-    path = save(fig, "headline_keydoor", figures_dir)
+    path = save(fig, name, figures_dir)
     plt.close(fig)
     return path
 

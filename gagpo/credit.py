@@ -13,7 +13,8 @@ Three layers, each usable on its own (chapter 7 walks through them):
    ones exactly from their checkpoint (``TrainConfig.resume=True``).
 3. **Reports**: :func:`credit` (``python -m gagpo bench credit``), :func:`ablations`
    (``bench ablations``) and :func:`iteration_time` (``bench iteration``) write a tidy CSV (one row
-   per run × iteration), figures and a Markdown table to ``figures/``.
+   per run × iteration), figures and a Markdown table to ``figures/`` — quick profiles to
+   ``<root>/<profile>/figures`` unless told otherwise, so a smoke run never replaces committed results.
 
 Budgets are in **environment steps**, never iterations: an algorithm whose episodes are short (it
 solves tasks) takes more iterations from the same budget, which is the fair comparison for agents
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .config import ALGOS, TrainConfig, config_mismatch
+from .rundir import RunLock
 from .tables import read_csv, write_csv
 
 CSV_FLOAT = ".5g"  # float cells of the benchmark CSVs: 5 significant digits
@@ -272,48 +274,17 @@ def finished_history(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _acquire_run_lock(run_dir: str, poll_s: float = 5.0) -> str | None:
-    """Take ``<run_dir>/run.lock`` (holding this process id). If another live process holds it —
-    two benchmark invocations sharing a run, e.g. the ablations' default variant and the
-    head-to-head's GAGPO — wait until it is released and return None; a lock left by a dead
-    process is taken over."""
-    os.makedirs(run_dir, exist_ok=True)
-    lock = os.path.join(run_dir, "run.lock")
-    waited = False
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(lock) as fh:
-                    pid = int(fh.read().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid) and pid != os.getpid():
-                waited = True
-                time.sleep(poll_s)
-                continue
-            try:
-                os.remove(lock)  # stale: its process is gone
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        if waited:
-            os.remove(lock)
-            return None
+def _acquire_run_lock(run_dir: str, poll_s: float = 5.0) -> RunLock | None:
+    """Take the run directory's lock (:class:`gagpo.rundir.RunLock`, which the trainer takes again,
+    re-entrantly, for the run itself). If another live process holds it — two benchmark invocations
+    sharing a run, e.g. the ablations' default variant and the head-to-head's GAGPO — wait until it
+    is released and return None; the lock of a process that died is taken over."""
+    lock = RunLock(run_dir)
+    if lock.acquire():
         return lock
+    lock.acquire(wait=True, poll_s=poll_s)
+    lock.release()
+    return None
 
 
 def _train_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
@@ -336,7 +307,7 @@ def _train_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
             fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
                                  "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     finally:
-        os.remove(lock)
+        lock.release()
     return history
 
 
@@ -366,7 +337,9 @@ def training_time(configs: Sequence[TrainConfig]) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "runs_timed": timed, "runs": len(configs), "span_s": span, "first_start": first}
 
 
-def _cost_text(configs: Sequence[TrainConfig], elapsed: float, workers: int) -> str:
+def cost_text(configs: Sequence[TrainConfig], elapsed: float, workers: int) -> str:
+    """What producing a report cost: this invocation's wall time on this machine, and the CPU and
+    wall time its runs took when they were trained (from their ``timing.jsonl``)."""
     t = training_time(configs)
     text = (f"wall time of this invocation {_wall(elapsed)} on {os.cpu_count()} CPU cores with {workers} worker processes "
             "(runs finished earlier are loaded, not retrained)")
@@ -374,8 +347,44 @@ def _cost_text(configs: Sequence[TrainConfig], elapsed: float, workers: int) -> 
         text += (f"; producing the {t['runs_timed']}/{t['runs']} timed runs took {t['cpu_s'] / 60:.0f} CPU-minutes "
                  f"(≈ {t['cpu_s'] / 60 / max(workers, 1):.0f} min of wall time on {workers} otherwise idle cores) and "
                  f"{t['wall_s'] / 60:.0f} process-minutes of wall time; from the first start ({t['first_start']}) to the last "
-                 f"finish {t['span_s'] / 60:.0f} min passed (minute resolution; the machine's 2 cores were shared with other jobs)")
+                 f"finish {t['span_s'] / 60:.0f} min passed (minute resolution)")
     return text
+
+
+def report_dir(figures_dir: str | None, quick: bool, run_root: str) -> str:
+    """Where a benchmark writes its CSV, report and figures.
+
+    ``figures_dir`` when given; otherwise the committed ``figures/`` (or ``$GAGPO_SAVE_DIR``, see
+    :func:`gagpo.plotting.output_dir`) for a full profile, and ``<run_root>/figures`` for a quick one:
+    a smoke run never overwrites committed results unless asked to with an explicit ``figures_dir``.
+    """
+    from .plotting import output_dir
+
+    if figures_dir:
+        return figures_dir
+    return os.path.join(run_root, "figures") if quick else output_dir()
+
+
+def compare_with_committed(table: str, figures_dir: str, name: str) -> str | None:
+    """How ``table`` (a Markdown table just computed) compares with the committed report
+    ``figures/<name>``: None when there is nothing to compare (no committed report, or the report was
+    just written there); otherwise a sentence, followed by the rows that differ and their committed
+    versions (rows are matched by their first cell)."""
+    from .plotting import FIGURES_DIR
+
+    committed = os.path.join(FIGURES_DIR, name)
+    if not os.path.exists(committed) or os.path.abspath(os.path.join(figures_dir, name)) == os.path.abspath(committed):
+        return None
+    with open(committed, encoding="utf-8") as fh:
+        text = fh.read()
+    if table in text:
+        return f"identical to the committed table in {committed}"
+    old_rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    lines = [f"different from the committed table in {committed}:"]
+    for line in table.splitlines():
+        if line.startswith("| ") and line not in text:
+            lines += [f"  this run:  {line}", f"  committed: {old_rows.get(line.split('|')[1].strip(), '(no such row)')}"]
+    return "\n".join(lines)
 
 
 def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs", progress: bool = True,
@@ -624,18 +633,22 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
            progress: bool = True, command: str | None = None, profile: Profile | None = None,
            report_only: bool = False, group_size: int | None = None) -> dict[str, Any]:
     """The head-to-head benchmark on one environment: train (or load) every run of the profile,
-    write ``figures/credit_<env>[_quick].{csv,md}`` and the figures ``credit_<env>[_quick]_curves``,
+    write ``credit_<env>[_quick].{csv,md}`` and the figures ``credit_<env>[_quick]_curves``,
     ``_steps_to_80`` and ``_smoothness``, print the table and return the summary.
+
+    The outputs go to ``figures_dir``; by default to ``figures/`` for the full profile and to
+    ``<root>/<profile>/figures`` for the quick one (:func:`report_dir`: a smoke run never replaces the
+    committed results). When they do not go to ``figures/``, the table is compared with the committed one.
 
     ``profile`` replaces the registered profile of ``(env, quick)`` (tests and the chapter use a
     tiny one); its ``name`` is then the run-directory name. ``report_only=True`` trains nothing and
     reports the runs finished so far (the table says how many). ``group_size=G`` replaces the
     profile's group size at the same number of episodes per iteration (``tasks_per_iter`` scaled to
     match; runs named ``<algo>-group_size<G>``, outputs ``credit_<env>[_quick]_G<G>.*``)."""
-    from .plotting import FIGURES_DIR, save, use_style
+    from .plotting import save, use_style
 
-    figures_dir = figures_dir or FIGURES_DIR
     prof = profile or get_profile(env, quick)
+    figures_dir = report_dir(figures_dir, quick, os.path.join(root, prof.name))
     if not prof.label:
         prof = dataclasses.replace(prof, label=prof.name)
     seeds = tuple(prof.seeds if seeds is None else seeds)
@@ -706,12 +719,15 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
         "Same check at 50% held-out success:",
         *target_verdict(summary, "steps_to_50"),
         "",
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {_cost_text(configs, elapsed, workers)}.",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {cost_text(configs, elapsed, workers)}.",
     ])
     with open(os.path.join(figures_dir, stem + ".md"), "w") as fh:
         fh.write(text + "\n")
     print(text)
     print("\nfigures: " + ", ".join(paths))
+    comparison = compare_with_committed(credit_table(summary), figures_dir, stem + ".md")
+    if comparison:
+        print("\nThis table is " + comparison)
     return {"summary": summary, "rows": rows, "paths": paths, "elapsed": elapsed, "profile": prof, "table": text}
 
 
@@ -793,11 +809,12 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
     """GAGPO ablations on the KeyDoor profile (λ, γ, group size, normalisation, anchor matching):
     ``figures/ablation_<name>[_quick].png`` per ablation, ``ablation_keydoor[_quick].{csv,md}``.
     ``profile`` replaces the registered ablation profile (tests use a tiny one); ``report_only``
-    reports the finished runs without training."""
-    from .plotting import FIGURES_DIR, save, use_style
+    reports the finished runs without training. Outputs go where :func:`report_dir` says: by default
+    ``figures/`` for the full profile, ``<root>/<profile>/figures`` with ``quick``."""
+    from .plotting import save, use_style
 
-    figures_dir = figures_dir or FIGURES_DIR
     prof = profile or ABLATION_PROFILES[quick]
+    figures_dir = report_dir(figures_dir, quick, os.path.join(root, prof.name))
     if not prof.label:
         prof = dataclasses.replace(prof, label=prof.name)
     seeds = tuple(prof.seeds if seeds is None else seeds)
@@ -865,7 +882,7 @@ def ablations(quick: bool = False, workers: int = 2, names: Sequence[str] | None
         "",
         *([f"**Partial results: {n_finished} of {len(flat)} runs finished.**", ""] if n_finished < len(flat) else []),
         *sections,
-        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {_cost_text(flat, elapsed, workers)}.",
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}: {cost_text(flat, elapsed, workers)}.",
     ])
     with open(os.path.join(figures_dir, f"ablation_keydoor{suffix}.md"), "w") as fh:
         fh.write(text + "\n")
@@ -952,5 +969,6 @@ __all__ = [
     "bootstrap_ci", "steps_to_threshold", "eval_curve", "curves_on_grid", "smoothness", "run_summary", "Profile", "PROFILES",
     "get_profile", "finished_history", "run_configs", "tidy_rows", "write_csv", "read_csv", "histories_by", "summarise",
     "ratio_ci", "plot_curves", "plot_steps_to", "plot_smoothness", "credit_table", "target_verdict", "credit",
-    "ABLATIONS", "ablation_variants", "ablation_reading", "ablations", "iteration_time",
+    "ABLATIONS", "ablation_variants", "ablation_reading", "ablations", "iteration_time", "cost_text", "report_dir",
+    "compare_with_committed",
 ]

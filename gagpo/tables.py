@@ -5,17 +5,20 @@ import csv
 import os
 from typing import Any, Mapping, Sequence
 
+from .rundir import atomic_write
+
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str, float_format: str | None = None) -> None:
     """Write dict rows as CSV; the columns are the union of the rows' keys in first-seen order.
 
-    ``float_format`` (e.g. ``".5g"``) formats float cells; ``None`` writes Python's full repr.
+    ``float_format`` (e.g. ``".5g"``) formats float cells; ``None`` writes Python's full repr. The file
+    is replaced atomically (:func:`gagpo.rundir.atomic_write`): a crash leaves the old table or the new one.
     """
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         for row in rows:

@@ -12,8 +12,10 @@ iteration k replays iterations k+1… exactly as an uninterrupted run would (on 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,11 @@ import torch
 from . import advantages as adv_lib
 from .batch import StepBatch
 from .config import TrainConfig, config_mismatch
+from .guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
 from .losses import ppo_clip_loss, value_loss
 from .policies import action_log_probs, entropy, make_policy, make_value
 from .rollout import EnvPool, Rollout, collect, make_env_fn
+from .rundir import RunLock, atomic_write, check_start, damaged, prepare
 from .tables import write_csv
 
 TRAIN_SEED_RANGE = 10_000  # training task seeds are drawn below this; held-out seeds lie above
@@ -109,7 +113,11 @@ class RunLoop:
         seeds = range(TRAIN_SEED_RANGE, TRAIN_SEED_RANGE + 1000)
         if isinstance(self.eval_pool, EnvPool):
             seeds = getattr(self.eval_pool.get(1)[0].unwrapped, "EVAL_SEEDS", seeds)
-        return [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]
+        out = [int(s) for s in list(seeds)[: self.cfg.eval_episodes]]
+        if len(out) < self.cfg.eval_episodes:
+            warnings.warn(f"eval_episodes {self.cfg.eval_episodes}: the environment has only {len(out)} held-out task "
+                          f"seeds (EVAL_SEEDS); evaluating on {len(out)}", stacklevel=2)
+        return out
 
     def done(self) -> bool:
         """The run is over: all iterations done, or the environment-step budget (if any) spent."""
@@ -140,11 +148,12 @@ class RunLoop:
             raise ValueError(f"checkpoint {path} was written with a different configuration: {diff} (saved, now)")
 
     def write_metrics(self) -> None:
-        """``config.json``, ``metrics.jsonl`` and ``metrics.csv`` in the run directory."""
+        """``config.json``, ``metrics.jsonl`` and ``metrics.csv`` in the run directory, each replaced
+        atomically (:func:`gagpo.rundir.atomic_write`: a crash leaves the old file or the new one)."""
         os.makedirs(self.run_dir, exist_ok=True)
-        with open(os.path.join(self.run_dir, "config.json"), "w") as fh:
+        with atomic_write(os.path.join(self.run_dir, "config.json")) as fh:
             json.dump(self.cfg.to_dict(), fh, indent=2)
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "w") as fh:
+        with atomic_write(os.path.join(self.run_dir, "metrics.jsonl")) as fh:
             for row in self.history:
                 fh.write(json.dumps(row) + "\n")
         write_csv(self.history, os.path.join(self.run_dir, "metrics.csv"))
@@ -156,10 +165,28 @@ class RunLoop:
         return {"succ": f"{row['success']:.2f}", "steps": row["env_steps"]}
 
     def train(self) -> list[dict[str, Any]]:
-        """Run (or, with ``cfg.resume``, continue) until :meth:`done`; returns the metrics history."""
+        """Run (or, with ``cfg.resume``, continue) until :meth:`done`; returns the metrics history.
+
+        The run holds its directory's lock throughout (:class:`gagpo.rundir.RunLock`: a second process
+        into the same directory refuses at once) and starts with :func:`gagpo.rundir.prepare`: a write
+        probe, and a directory that holds another run is refused unless ``cfg.resume`` continues it or
+        ``cfg.overwrite`` replaces it (:class:`gagpo.rundir.RunDirError`). The environment pools are
+        closed however it ends."""
+        try:
+            with RunLock(self.run_dir):
+                prepare(self.run_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+                if self.cfg.resume:
+                    self.load_checkpoint()
+                self.run_iterations()
+                self.write_metrics()
+        finally:
+            self.close()
+        return self.history
+
+    def run_iterations(self) -> None:
+        """The loop of :meth:`train`: :meth:`step` until :meth:`done`, with the progress bar, and a
+        checkpoint and the metric files every ``cfg.checkpoint_every`` iterations and at the end."""
         cfg = self.cfg
-        if cfg.resume:
-            self.load_checkpoint()
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -180,9 +207,6 @@ class RunLoop:
         finally:
             if bar is not None:
                 bar.close()
-            self.close()
-        self.write_metrics()
-        return self.history
 
     def close(self) -> None:
         """Close the run's environment pools (:meth:`train` does, when it returns or raises)."""
@@ -207,6 +231,7 @@ class Trainer(RunLoop):
         if cfg.algo == "ppo":
             self.value_net = make_value(cfg.policy, seed=cfg.seed + 1, **kwargs)
             self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.value_lr)
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.iteration = 0
         self.env_steps = 0
         self.history: list[dict[str, Any]] = []
@@ -224,6 +249,8 @@ class Trainer(RunLoop):
         adv = torch.as_tensor(advantages, dtype=torch.float32)
         gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, self.iteration, 3]).integers(2**62)))
         diags: list[dict[str, float]] = []
+        skipped = 0
+        params = list(self.policy.parameters())
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(n, generator=gen)
             for idx in torch.tensor_split(perm, min(cfg.minibatches, n)):
@@ -237,12 +264,28 @@ class Trainer(RunLoop):
                     clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef,
                 )
                 self.optimizer.zero_grad()
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    diag["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm))
+                # the guard (gagpo.guard): skip a step whose inputs, log-probs, loss or gradients are not finite
+                bad = next((phase for phase, t in (("old log-probs", logp_old[idx]), ("advantages", adv[idx]),
+                                                   ("log-probs", logp_new.detach()), ("loss", loss.detach()))
+                            if not all_finite([t])), None)
+                if not bad:
+                    loss.backward()
+                    if cfg.max_grad_norm > 0:
+                        diag["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                        finite = math.isfinite(diag["grad_norm"])
+                    else:
+                        finite = all_finite(p.grad for p in params)
+                    bad = None if finite else "gradients"
+                if bad:
+                    self.optimizer.zero_grad()
+                    skipped += 1
+                    self.guard.bad(self.iteration, bad)
+                    continue
+                self.guard.good()
                 self.optimizer.step()
                 diags.append(diag)
-        out = {k: float(np.mean([d[k] for d in diags])) for k in ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")}
+        out = {k: float(np.mean([d[k] for d in diags])) for k in ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")} if diags else {}
+        out["nonfinite_steps"] = skipped
         if self.value_net is not None:
             returns = torch.as_tensor(targets["returns"], dtype=torch.float32)
             losses = []
@@ -250,10 +293,21 @@ class Trainer(RunLoop):
                 v = self.value_net.values(rollout.observations)
                 vl = value_loss(v, returns)
                 self.value_optimizer.zero_grad()
+                if not all_finite([vl.detach()]):
+                    out["nonfinite_steps"] += 1
+                    self.guard.bad(self.iteration, "value loss")
+                    continue
                 vl.backward()
+                if not all_finite(p.grad for p in self.value_net.parameters()):
+                    self.value_optimizer.zero_grad()
+                    out["nonfinite_steps"] += 1
+                    self.guard.bad(self.iteration, "gradients", "of the value network")
+                    continue
+                self.guard.good()
                 self.value_optimizer.step()
                 losses.append(vl.item())
-            out["value_loss"] = losses[-1]
+            if losses:
+                out["value_loss"] = losses[-1]
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -285,7 +339,19 @@ class Trainer(RunLoop):
     def checkpoint_path(self) -> str:
         return os.path.join(self.run_dir, "checkpoint.pt")
 
+    def named_trainable(self) -> list[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` of every trainable weight: the policy's and the critic's."""
+        named = [(f"policy.{n}", p) for n, p in self.policy.named_parameters()]
+        if self.value_net is not None:
+            named += [(f"value_net.{n}", p) for n, p in self.value_net.named_parameters()]
+        return named
+
     def save_checkpoint(self) -> None:
+        bad = [n for n, p in self.named_trainable() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteError(f"refusing to write the checkpoint: the weights hold non-finite values (NaN or inf) in "
+                                 f"{', '.join(bad[:5])} at iteration {self.iteration}; the last checkpoint in "
+                                 f"{self.run_dir} is kept as it was.")
         os.makedirs(self.run_dir, exist_ok=True)
         state = {
             "config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
@@ -294,27 +360,34 @@ class Trainer(RunLoop):
         if self.value_net is not None:
             state["value_net"] = self.value_net.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
-        tmp = self.checkpoint_path() + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path())
+        with atomic_write(self.checkpoint_path(), "wb") as fh:  # a failed write leaves the last checkpoint, no .tmp
+            torch.save(state, fh)
 
     def load_checkpoint(self) -> bool:
         path = self.checkpoint_path()
         if not os.path.exists(path):
             return False
-        state = torch.load(path, weights_only=False)
+        try:
+            state = torch.load(path, weights_only=False)
+            if not (isinstance(state, dict) and "config" in state and "policy" in state):
+                raise ValueError("not a checkpoint of gagpo.trainer.Trainer")
+        except Exception as exc:  # truncated, damaged or foreign: say which file and what to do
+            raise damaged(path, exc) from exc
         self.check_resumable(state["config"], path)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.value_net is not None:
             self.value_net.load_state_dict(state["value_net"])
             self.value_optimizer.load_state_dict(state["value_optimizer"])
+        check_finite_weights(self.named_trainable(), f"the checkpoint {path}")
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
 
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
-    """Train one run and return its per-iteration metrics (also written to ``cfg.run_dir()``)."""
+    """Train one run and return its per-iteration metrics (also written to ``cfg.run_dir()``).
+    Checks the run directory first (:func:`gagpo.rundir.check_start`)."""
+    check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return Trainer(cfg).train()
 
 

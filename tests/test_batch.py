@@ -106,3 +106,64 @@ def test_scalar_column_rejected():
     cols["obs_key"] = "abc"
     with pytest.raises(ValueError, match="1-D sequence"):
         StepBatch(**cols)
+
+
+# ---------------------------------------------------------------------- column types (issue 10)
+def columns(**changes):
+    cols = {c: [r[c] for r in rows_two_trajs()] for c in COLUMNS}
+    cols.update(changes)
+    return cols
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("reward", np.zeros((3, 2)), r"'reward' must be 1-D .* shape \(3, 2\)"),        # len 3, but 6 numbers
+    ("reward", [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], r"'reward' must be 1-D .* row 0"),
+    ("reward", [0.0, [1.0, 1.0], 0.0], r"'reward' must hold numbers; row 1"),
+    ("step", np.array([[0], [1], [0]]), r"'step' must be 1-D"),
+    ("terminated", np.zeros((3, 1), dtype=bool), r"'terminated' must be 1-D"),
+    ("group_id", np.array([["g"], ["g"], ["g"]]), r"'group_id' must be 1-D"),
+    ("obs_key", np.array([["a"], ["b"], ["a"]], dtype=object), r"'obs_key' must be 1-D"),
+])
+def test_columns_must_be_one_dimensional(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        StepBatch(**columns(**{name: value}))
+
+
+def test_csv_strings_in_flags_are_rejected_with_column_and_row():
+    rows = rows_two_trajs()
+    rows[0]["terminated"] = "False"  # bool("False") is True: the bootstrap of row 0 would silently vanish
+    with pytest.raises(ValueError, match=r"'terminated' must hold booleans.*row 0 holds 'False'"):
+        StepBatch.from_rows(rows)
+    with pytest.raises(ValueError, match=r"'truncated' must hold booleans.*row 2 holds 'True'"):
+        StepBatch(**columns(truncated=[False, False, "True"]))  # a real bool before the string stays a bool
+
+
+@pytest.mark.parametrize("bad,row", [
+    ([False, "False", False], 1), ([0, 2, 0], 1), ([0.0, 1.0, 0.0], 0), ([False, True, None], 2),
+    (np.array(["0", "1", "0"]), 0), (np.array([0, 1, -1]), 2), (np.array([0.0, 1.0, 0.0]), 0),
+])
+def test_flags_accept_only_booleans_and_zero_one_integers(bad, row):
+    with pytest.raises(ValueError, match=rf"'terminated' must hold booleans.*row {row} holds"):
+        StepBatch(**columns(terminated=bad))
+
+
+@pytest.mark.parametrize("good", [
+    [False, True, False], [np.False_, np.True_, np.False_], [0, 1, 0], np.array([0, 1, 0]), np.array([0, 1, 0], dtype=np.uint8),
+    np.array([False, True, False]), np.array([0, True, np.False_], dtype=object),
+])
+def test_flags_from_bools_numpy_bools_and_zero_one_integers(good):
+    b = StepBatch(**columns(terminated=good))
+    assert b.terminated.dtype == bool and b.terminated.tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("step", [0, 1.5, 0], r"'step' must hold integers.*row 1"),
+    ("step", [0, float("nan"), 0], r"'step' must hold integers.*row 1"),
+    ("step", ["0", "1", "0"], r"'step' must hold numbers; row 0 holds '0'"),
+    ("reward", [0.0, "1.0", 0.0], r"'reward' must hold numbers; row 1 holds '1.0'"),
+    ("reward", [0.0, None, 0.0], r"'reward' must hold numbers; row 1 holds None"),
+])
+def test_numeric_columns_name_the_offending_row(name, value, message):
+    with pytest.raises(ValueError, match=message):
+        StepBatch(**columns(**{name: value}))
+    assert StepBatch(**columns(step=[0.0, 1.0, 0.0])).step.dtype == np.int64  # whole floats are fine

@@ -45,6 +45,7 @@ def test_headline_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
     rows = bench.headline(seeds=(0,), quick=True, workers=1, figures_dir=str(tmp_path / "fig"), algos=("grpo", "gagpo"))
     assert {r["algo"] for r in rows} == {"grpo", "gagpo"}
     assert all(max(r["env_steps"] for r in rows if r["algo"] == a) >= 400 for a in ("grpo", "gagpo"))
-    for name in ("headline_keydoor.png", "headline_keydoor.csv", "headline_keydoor.md"):
-        assert os.path.getsize(tmp_path / "fig" / name) > 0
+    for name in ("headline_keydoor_quick.png", "headline_keydoor_quick.csv", "headline_keydoor_quick.md"):
+        assert os.path.getsize(tmp_path / "fig" / name) > 0  # quick results never take the full run's file names
+    assert (tmp_path / "runs" / "headline-quick" / "gagpo-seed0" / "metrics.jsonl").exists()  # nor its run directories
     assert "| gagpo |" in capsys.readouterr().out

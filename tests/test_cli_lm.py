@@ -46,10 +46,12 @@ def test_tiny_model_on_alfworld_fixtures_runs_and_resumes(tmp_path, capsys, monk
 
 
 def test_bad_lm_option_is_a_clear_error(capsys):
-    assert main(["train", "--model", "tiny", "--gamma", "3"]) == 2
-    assert "gamma" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's parse error: exit status 2
+        main(["train", "--model", "tiny", "--gamma", "3"])
+    assert exc.value.code == 2 and "argument --gamma: gamma must lie in [0, 1]" in capsys.readouterr().err
 
 
 def test_eval_splits_on_an_environment_without_splits_is_a_clear_error(capsys):
-    assert main(["train", "--model", "tiny", "--eval-splits", "valid_seen"]) == 2
-    assert "eval_splits" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--model", "tiny", "--eval-splits", "valid_seen"])
+    assert exc.value.code == 2 and "argument --eval-splits: eval_splits" in capsys.readouterr().err

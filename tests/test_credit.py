@@ -230,3 +230,41 @@ def test_group_size_override_keeps_the_episodes_per_iteration(tmp_path):
     with pytest.raises(ValueError, match="must divide"):
         C.credit("opengrid", profile=tiny, root=str(tmp_path / "runs"), figures_dir=str(tmp_path / "figs"), workers=1,
                  progress=False, group_size=3)
+
+
+# ====================================================================== where reports go (issue 10)
+def test_quick_reports_default_to_the_run_root_and_full_ones_to_figures(tmp_path, monkeypatch):
+    from gagpo.plotting import FIGURES_DIR
+
+    monkeypatch.delenv("GAGPO_SAVE_DIR", raising=False)
+    assert C.report_dir(None, True, "runs/credit/keydoor-quick") == os.path.join("runs/credit/keydoor-quick", "figures")
+    assert C.report_dir(None, False, "runs/credit/keydoor-full") == FIGURES_DIR
+    assert C.report_dir("out", True, "runs/x") == "out"  # asked explicitly
+    monkeypatch.setenv("GAGPO_SAVE_DIR", str(tmp_path))
+    assert C.report_dir(None, False, "runs/credit/keydoor-full") == str(tmp_path)
+
+
+def test_a_quick_credit_run_writes_under_its_run_root(tmp_path):
+    tiny = dataclasses.replace(TINY, seeds=(0,), algos=("grpo",), env_step_budget=100, eval_every=1, eval_episodes=4)
+    root = str(tmp_path / "runs")
+    C.credit("opengrid", quick=True, profile=tiny, root=root, workers=1, progress=False)
+    out = os.path.join(root, "tiny", "figures")
+    assert sorted(os.listdir(out)) == ["credit_opengrid_quick.csv", "credit_opengrid_quick.md", "credit_opengrid_quick_curves.png",
+                                       "credit_opengrid_quick_smoothness.png", "credit_opengrid_quick_steps_to_80.png"]
+    text = open(os.path.join(out, "credit_opengrid_quick.md")).read()
+    assert "shared with other jobs" not in text and f"on {os.cpu_count()} CPU cores" in text
+
+
+def test_a_table_is_compared_with_the_committed_report(tmp_path):
+    from gagpo.plotting import FIGURES_DIR
+    from gagpo.tables import read_csv
+
+    rows = read_csv(os.path.join(FIGURES_DIR, "credit_keydoor.csv"))
+    table = C.credit_table(C.summarise(C.histories_by(rows)))
+    assert C.compare_with_committed(table, str(tmp_path), "credit_keydoor.md").startswith("identical to the committed table")
+    changed = table.replace("| gagpo | 10 |", "| gagpo | 9 |")
+    text = C.compare_with_committed(changed, str(tmp_path), "credit_keydoor.md")
+    assert text.startswith("different from") and "this run:  | gagpo | 9 |" in text and "committed: | gagpo | 10 |" in text
+    assert text.count("this run:") == 1
+    assert C.compare_with_committed(table, FIGURES_DIR, "credit_keydoor.md") is None  # written there: nothing to compare
+    assert C.compare_with_committed(table, str(tmp_path), "no_such_report.md") is None

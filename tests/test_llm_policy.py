@@ -63,7 +63,7 @@ def test_scores_are_those_of_the_sampling_distribution(policy):
     from transformers import GenerationConfig
 
     gen = _rows(policy, seed=3)
-    ids, attn = policy._left_pad(gen.prompt_ids)
+    ids, attn = policy.pad_prompts(gen.prompt_ids)
     torch.manual_seed(3)
     cfg = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=0, top_p=1.0, temperature=1.0, repetition_penalty=1.0,
                            pad_token_id=policy.tokenizer.pad_token_id, eos_token_id=policy.eos_token_ids,

@@ -99,8 +99,10 @@ def test_cli_train_smoke(tmp_path, capsys):
 
 
 def test_cli_reports_bad_values(capsys):
-    assert main(["train", "--gamma", "2", "--no-progress"]) == 2
-    assert "gamma must lie in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's parse error: exit status 2
+        main(["train", "--gamma", "2", "--no-progress"])
+    assert exc.value.code == 2
+    assert "argument --gamma: gamma must lie in [0, 1]" in capsys.readouterr().err
 
 
 def test_env_step_budget_stops_the_run(tmp_path):

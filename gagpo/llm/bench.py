@@ -114,6 +114,7 @@ class LMBenchSettings:
     lora_r: int = 0                      #: LoRA rank (peft, alpha 32, all linear layers); 0 = full-parameter training
     gradient_checkpointing: bool = True  #: recompute activations in the backward pass
     reference: bool = True               #: hold a frozen reference copy, as full-parameter training with kl_coef > 0 does
+    engine: str = "hf"                   #: rollout engine (gagpo.llm.engine.ENGINES)
     repeats: int = 1                     #: timed repeats of each phase; the fastest is reported
     avg_steps: float = 25.0              #: assumed mean episode length for the extrapolation
     seed: int = 0                        #: weights, token ids and sampling
@@ -126,6 +127,10 @@ class LMBenchSettings:
         for name in ("batch", "prompt_tokens", "new_tokens", "micro_batch", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        from .engine import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; expected one of {list(ENGINES)}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0 (0 = full-parameter training); got {self.lora_r}")
         if not self.avg_steps > 0:
@@ -234,6 +239,28 @@ class PeakMemory:
         return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
 
 
+def memory_bandwidth(device: torch.device, n_bytes: int = 2**30) -> float:
+    """Measured memory bandwidth of ``device`` in bytes/s: the best of 5 copies of an ``n_bytes`` buffer
+    (a copy reads and writes every byte, so bandwidth = 2 × n_bytes / seconds); on a CPU 256 MB.
+
+    It is what a decode step that reads every weight once can at best achieve: the **weight-read bound**
+    of a decode step is weight bytes / bandwidth (the KV cache adds its own reads, small for short
+    contexts and small batches)."""
+    if device.type != "cuda":
+        n_bytes = min(n_bytes, 2**28)
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    del src, dst
+    return 2 * n_bytes / best
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -253,7 +280,7 @@ def _build_policy(s: LMBenchSettings, device: torch.device) -> tuple[LMPolicy, s
     model.generation_config.pad_token_id = IdTokenizer.pad_token_id
     policy = LMPolicy.from_model(model, IdTokenizer(), lora=lora, gradient_checkpointing=s.gradient_checkpointing,
                                  reference=s.reference, autocast_dtype=autocast, micro_batch_size=s.micro_batch,
-                                 gen_batch_size=s.batch)
+                                 gen_batch_size=s.batch, engine=s.engine)
     policy.eos_token_ids = []  # responses of exactly new_tokens tokens
     label = {torch.float32: "fp32", torch.bfloat16: "bf16"}[weight_dtype]
     return policy, label + (" + bf16 autocast" if autocast is not None else "")
@@ -289,6 +316,7 @@ def lm_throughput(settings: LMBenchSettings | None = None, out: str | None = Non
     n_train = sum(p.numel() for p in policy.parameters())
     log(f"built {s.model_config} ({n_params / 1e6:,.1f}M parameters, {n_train / 1e6:,.1f}M trainable, {dtype_label}) "
         f"on {device} in {time.perf_counter() - t0:.1f} s")
+    bandwidth = memory_bandwidth(device)
     rng = np.random.default_rng(s.seed)
     vocab = MODEL_CONFIGS[s.model_config]["vocab_size"]
     prompts = rng.integers(1, vocab, size=(s.batch, s.prompt_tokens)).tolist()
@@ -316,13 +344,26 @@ def lm_throughput(settings: LMBenchSettings | None = None, out: str | None = Non
                          tokens_per_s=tokens / seconds, peak_memory_gb=peak / 1e9, memory_kind=memory.kind, **extra))
         log(f"{phase}: {seconds:.2f} s, {s.batch / seconds:,.2f} rows/s, peak {peak / 1e9:.2f} GB")
 
-    # 1. rollout: one generate call over the batch
+    # 1. rollout: one generate call over the batch; the prefill alone (one new token) is timed too, so that
+    # the decode time per step is (rollout - prefill) / (new_tokens - 1)
     memory.reset()
+    if s.engine == "hf-compiled":  # the first full-shape call compiles: not part of the steady state
+        t = time.perf_counter()
+        policy.generate(prompts, sampling, seed=s.seed)
+        log(f"compiled the decode step in {time.perf_counter() - t:.1f} s")
+    prefill_s, _ = _timed(lambda: policy.generate(prompts, SamplingSettings(max_new_tokens=1), seed=s.seed),
+                          s.repeats, device)
     seconds, gen = _timed(lambda: policy.generate(prompts, sampling, seed=s.seed), s.repeats, device)
     responses = gen.response_ids
     if any(len(r) != s.new_tokens for r in responses):
         raise RuntimeError(f"expected {s.new_tokens} new tokens per response; got {sorted({len(r) for r in responses})}")
-    record("rollout", seconds, s.batch * s.new_tokens, memory.peak())
+    peak = memory.peak()
+    engine = policy.engine
+    serve_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
+    decode_ms = 1e3 * max(seconds - prefill_s, 0.0) / max(s.new_tokens - 1, 1)
+    record("rollout", seconds, s.batch * s.new_tokens, peak, prefill_s=prefill_s, decode_ms_per_step=decode_ms,
+           weight_read_ms=1e3 * serve_bytes / bandwidth, bandwidth_gb_s=bandwidth / 1e9, engine=s.engine,
+           serving_dtype=str(engine.serving_dtype).removeprefix("torch."), serving_copy=not engine.shares_weights)
 
     # 2. score: old-policy log-probs, no gradient (the reference pass costs the same)
     memory.reset()
@@ -437,6 +478,9 @@ def format_table(rows: list[dict[str, Any]], settings: LMBenchSettings, command:
                      f"{r['tokens']:,} | {r['seconds']:,.2f} | {r['rows_per_s']:,.2f} | {r['tokens_per_s']:,.1f} | "
                      f"{r['peak_memory_gb']:,.2f} |")
     upd = next(r for r in rows if r["phase"] == "update")
+    gen = next(r for r in rows if r["phase"] == "rollout")
+    if "decode_ms_per_step" in gen:
+        lines += ["", decode_line(gen)]
     lines.append("")
     lines.append(f"Trainable parameters: {r0['trainable']:,}; the AdamW step alone took {upd['optimizer_step_s']:.2f} s.")
     cfg = LMTrainConfig()
@@ -471,6 +515,16 @@ def format_table(rows: list[dict[str, Any]], settings: LMBenchSettings, command:
         "on the ALFWorld fixture games (about 250 subword tokens); full ALFWorld rooms list more receptacles and commands.",
     ]
     return "\n".join(lines)
+
+
+def decode_line(row: dict[str, Any]) -> str:
+    """The sentence that puts a rollout row's decode time per step next to its weight-read bound."""
+    ratio = row["decode_ms_per_step"] / row["weight_read_ms"] if row["weight_read_ms"] > 0 else math.inf
+    copy = "a serving copy" if row.get("serving_copy") else "the training weights"
+    return (f"Decode: {row['decode_ms_per_step']:.2f} ms per step for {row['batch']} sequences (engine "
+            f"`{row.get('engine', 'hf')}`, {copy} in {row.get('serving_dtype', '?')}; prefill {row['prefill_s']:.2f} s); "
+            f"weight-read bound {row['weight_read_ms']:.2f} ms per step (the serving weights read once at the measured "
+            f"copy bandwidth of {row['bandwidth_gb_s']:,.0f} GB/s): {ratio:,.1f}× the bound.")
 
 
 def _bytes_per_param(dtype: str) -> int:

@@ -16,10 +16,12 @@ them all at once. Three policies are scored this way:
   (no gradient). With LoRA the reference is the same network with its adapters switched off
   (``with model.disable_adapter():``), so it costs no memory; without LoRA it is a frozen copy.
 
-Batch layout. Prompts are *left*-padded to a common width :math:`P` and responses *right*-padded to
-:math:`T`, the layout ``generate`` itself produces::
+Batch layout. Prompts are aligned on their last token at a common width :math:`P`, with their
+padding right after their first token (:func:`pad_after_first`: plain left padding would give the
+leading pads fully masked attention rows, which CUDA kernels turn into NaN), and responses are
+*right*-padded to :math:`T`::
 
-    [pad pad x1 x2 x3 | y1 y2 y3 pad]      attention mask 0 on every pad
+    [x1 pad pad x2 x3 | y1 y2 y3 pad]      attention mask 0 on every pad
     [x1 x2 x3 x4 x5   | y1 pad pad pad]
 
 Position ids count only real tokens (``cumsum(mask) - 1``), so a padded row gets the
@@ -50,7 +52,7 @@ import torch
 
 from .prompts import render_prompt
 
-__all__ = ["SamplingSettings", "LoraSettings", "Generation", "LMPolicy", "pad_right"]
+__all__ = ["SamplingSettings", "LoraSettings", "Generation", "LMPolicy", "pad_right", "pad_after_first"]
 
 TokenRows = Sequence[Sequence[int]]
 
@@ -139,6 +141,39 @@ def unpad_rows(values: torch.Tensor, mask: torch.Tensor) -> list[np.ndarray]:
     return [values[b, mask[b]].copy() for b in range(len(values))]
 
 
+def pad_after_first(rows: TokenRows, pad_id: int, device: torch.device | str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack prompts into ``(input_ids, attention_mask)`` of shape ``(B, P)``, ``P`` = the longest,
+    every prompt ending at column ``P - 1`` and its padding placed right after its first token::
+
+        [x1 pad pad x2 x3]      attention mask [1 0 0 1 1]
+        [y1 y2  y3  y4 y5]                     [1 1 1 1 1]
+
+    Why not plain left padding (``[pad pad x1 x2 x3]``)? In a causal model the query at a leading pad
+    may attend only to earlier pads, all masked: its attention row is **fully masked**, a softmax over
+    nothing. CUDA attention kernels treat such rows inconsistently (zeros, or NaN in the forward or
+    backward pass in bfloat16), and a NaN there leaks into real tokens through ``0 × NaN`` in the next
+    layer. With the padding after the first token every query sees at least that token, while every
+    real token still attends to exactly the real tokens before it, at position ids that count only
+    real tokens (``cumsum(mask) - 1``) — so the real tokens' outputs are those of the unpadded prompt.
+    Generation appends new tokens on the right as usual. Every prompt needs at least one token.
+    """
+    if any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token (an empty prompt cannot be scored or continued)")
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, 0] = int(r[0])
+        attn[b, 0] = 1
+        if len(r) > 1:
+            ids[b, width - len(r) + 1:] = torch.as_tensor(list(r[1:]), dtype=torch.long)
+            attn[b, width - len(r) + 1:] = 1
+    if device is not None:
+        ids, attn = ids.to(device), attn.to(device)
+    return ids, attn
+
+
 def resolve_dtypes(dtype: str, device: torch.device, lora: bool) -> tuple[torch.dtype, torch.dtype | None]:
     """``(weight dtype, autocast dtype or None)`` for a ``dtype`` setting: ``"auto"`` = on CUDA, bf16
     weights with LoRA and fp32 weights with bf16 autocast for full training; on a CPU, fp32. Otherwise
@@ -176,11 +211,13 @@ class LMPolicy:
         micro_batch_size: rows per forward pass when scoring.
         gen_batch_size: prompts per ``generate`` call.
         system_prompt: an optional system message for :meth:`render`.
+        engine: the rollout engine's name (:data:`gagpo.llm.engine.ENGINES`): ``"hf"`` generates
+            with a serving copy of the weights in the serving dtype (adapters merged).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, reference_model: Any | None = None,
                  autocast_dtype: torch.dtype | None = None, micro_batch_size: int = 8, gen_batch_size: int = 64,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, engine: str = "hf"):
         if micro_batch_size < 1 or gen_batch_size < 1:
             raise ValueError(f"micro_batch_size and gen_batch_size must be >= 1; got {micro_batch_size}, {gen_batch_size}")
         self.model = model
@@ -191,8 +228,14 @@ class LMPolicy:
         self.reference_model = reference_model
         self.autocast_dtype = autocast_dtype
         self.micro_batch_size = micro_batch_size
+        from .engine import ENGINES
+
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; expected one of {list(ENGINES)}")
         self.gen_batch_size = gen_batch_size
         self.system_prompt = system_prompt
+        self.engine_name = engine
+        self._engine: Any = None
         eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
@@ -213,6 +256,8 @@ class LMPolicy:
         gen_batch_size: int = 64,
         cache_dir: str | None = None,
         system_prompt: str | None = None,
+        engine: str = "hf",
+        seed: int = 0,
     ) -> "LMPolicy":
         """Load a model and tokenizer (a hub name, a local folder, or ``"tiny"``).
 
@@ -227,8 +272,9 @@ class LMPolicy:
             gradient_checkpointing: recompute activations in the backward pass (saves memory).
             reference: keep a frozen copy of the initial weights as the reference policy (only
                 without LoRA; needed when the KL coefficient is non-zero).
-            micro_batch_size, gen_batch_size, system_prompt: see the class.
+            micro_batch_size, gen_batch_size, system_prompt, engine: see the class.
             cache_dir: where ``"tiny"`` is cached (default :func:`gagpo.llm.tiny.default_cache_dir`).
+            seed: seed of the LoRA adapters' random initialisation (see :meth:`from_model`).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
@@ -245,7 +291,7 @@ class LMPolicy:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=weight_dtype).to(dev)
         return cls.from_model(model, tokenizer, lora=lora, gradient_checkpointing=gradient_checkpointing,
                               reference=reference, autocast_dtype=autocast, micro_batch_size=micro_batch_size,
-                              gen_batch_size=gen_batch_size, system_prompt=system_prompt)
+                              gen_batch_size=gen_batch_size, system_prompt=system_prompt, engine=engine, seed=seed)
 
     @classmethod
     def from_model(
@@ -256,12 +302,15 @@ class LMPolicy:
         gradient_checkpointing: bool = False,
         reference: bool = False,
         autocast_dtype: torch.dtype | None = None,
+        seed: int = 0,
         **kwargs: Any,
     ) -> "LMPolicy":
         """Set up an already-built causal LM for training, as :meth:`from_pretrained` does after loading:
         a frozen reference copy (``reference`` without LoRA), the LoRA adapters, gradient checkpointing,
-        no KV cache outside ``generate()``, eval mode. ``kwargs`` go to the constructor
-        (``micro_batch_size``, ``gen_batch_size``, ``system_prompt``)."""
+        no KV cache outside ``generate()``, eval mode. The adapters' random initialisation is drawn
+        from ``torch.manual_seed(seed)`` inside a forked random state: a function of ``seed`` alone, and
+        the caller's random state is left as it was. ``kwargs`` go to the constructor
+        (``micro_batch_size``, ``gen_batch_size``, ``system_prompt``, ``engine``)."""
         ref = None
         if reference and lora is None:
             ref = copy.deepcopy(model).eval()  # same dtype as the policy: KL exactly 0 at the start
@@ -269,8 +318,10 @@ class LMPolicy:
         if lora is not None:
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                     target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)  # the same seed, the same adapters (two runs of one seed are identical)
+                model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                         target_modules=lora.target_modules, task_type="CAUSAL_LM"))
         if gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without extra hooks
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -326,57 +377,38 @@ class LMPolicy:
         return [list(map(int, r)) for r in rows]
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
+    @property
+    def engine(self) -> Any:
+        """The rollout engine that :meth:`generate` calls (:mod:`gagpo.llm.engine`; default
+        :class:`~gagpo.llm.engine.HFEngine` with a serving copy, built on first use). Assign another
+        object with ``generate`` and ``refresh`` to replace it."""
+        if self._engine is None:
+            from .engine import make_engine
+
+            self._engine = make_engine(self.engine_name, self)
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: Any) -> None:
+        self._engine = engine
+
     def generate(self, prompts: Sequence[str] | TokenRows, sampling: SamplingSettings | None = None,
                  seed: int | None = None) -> Generation:
-        """Sample one response per prompt (rendered strings or token-id lists), in batches.
+        """Sample one response per prompt (rendered strings or token-id lists), in batches of
+        ``gen_batch_size``, with :attr:`engine` (which first takes in the current weights if they changed).
 
         ``seed`` seeds torch's global generator before each batch (generation is then reproducible
         on a CPU; GPU kernels may still differ in the last bits).
         """
-        from transformers import GenerationConfig
+        return self.engine.generate(self._as_ids(prompts, prompts=True), sampling or SamplingSettings(), seed)
 
-        sampling = sampling or SamplingSettings()
-        prompt_ids = self._as_ids(prompts, prompts=True)
-        gen_cfg = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
-            temperature=None if sampling.greedy else sampling.temperature,
-            top_p=None if sampling.greedy else sampling.top_p,
-            top_k=None if sampling.greedy else sampling.top_k,
-            repetition_penalty=1.0, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_token_ids or None, bos_token_id=self.tokenizer.bos_token_id, use_cache=True,
-        )
-        was_training = self.model.training
-        self.model.eval()
-        responses: list[list[int]] = []
-        finished: list[bool] = []
-        eos = set(self.eos_token_ids)
-        try:
-            for k, start in enumerate(range(0, len(prompt_ids), self.gen_batch_size)):
-                chunk = prompt_ids[start:start + self.gen_batch_size]
-                ids, attn = self._left_pad(chunk)
-                if seed is not None:
-                    torch.manual_seed(seed + k)
-                with self._autocast():
-                    out = self.model.generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg)
-                for row in out[:, ids.shape[1]:].tolist():
-                    cut = next((t + 1 for t, tok in enumerate(row) if tok in eos), None)
-                    responses.append(row if cut is None else row[:cut])
-                    finished.append(cut is not None)
-        finally:
-            self.model.train(was_training)
-        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        return Generation(texts=texts, response_ids=responses, prompt_ids=prompt_ids, finished=finished)
+    def pad_prompts(self, rows: TokenRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)``, both ``(B, P)``: prompts aligned on their **last** token, with
+        the padding placed right **after each prompt's first token** (see :func:`pad_after_first`), so
+        that no query row of the attention is fully masked."""
+        return pad_after_first(rows, self.tokenizer.pad_token_id, self.device)
 
-    def _left_pad(self, rows: TokenRows) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            if len(r):
-                ids[b, width - len(r):] = torch.as_tensor(r, dtype=torch.long)
-                attn[b, width - len(r):] = 1
-        return ids.to(self.device), attn.to(self.device)
+    _left_pad = pad_prompts  # the name used before the layout changed
 
     # ------------------------------------------------------------------ scoring
     def token_logprobs(
@@ -469,7 +501,8 @@ class LMPolicy:
         """``(B, H)`` float32: the final hidden state (after the last norm) at each prompt's last token.
 
         One forward pass of :attr:`backbone` (no language-model head, no logits) per micro-batch of
-        left-padded prompts, rows sorted by length; the current policy (adapters on).
+        prompts padded as :meth:`pad_prompts` pads them, rows sorted by length; the current policy
+        (adapters on).
         """
         p_ids = self._as_ids(prompts, prompts=True)
         n, mb = len(p_ids), micro_batch_size or self.micro_batch_size
@@ -477,7 +510,7 @@ class LMPolicy:
         parts = []
         with torch.set_grad_enabled(grad):
             for start in range(0, n, mb):
-                ids, attn = self._left_pad([p_ids[i] for i in order[start:start + mb]])
+                ids, attn = self.pad_prompts([p_ids[i] for i in order[start:start + mb]])
                 with self._autocast():
                     out = self.backbone(input_ids=ids, attention_mask=attn,
                                         position_ids=(attn.cumsum(-1) - 1).clamp(min=0), use_cache=False)
@@ -499,14 +532,14 @@ class LMPolicy:
             empty = torch.zeros((b, 0), device=self.device)
             h = self.prompt_hidden(prompts, grad=torch.is_grad_enabled(), micro_batch_size=b) if hidden else None
             return empty, (empty if entropy else None), h
-        ids = torch.full((b, p_width + t_width), self.tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for k, (p, r) in enumerate(zip(prompts, responses)):
-            ids[k, p_width - len(p):p_width] = torch.as_tensor(p, dtype=torch.long)
-            attn[k, p_width - len(p):p_width] = 1
+        p_ids, p_attn = pad_after_first(prompts, self.tokenizer.pad_token_id)
+        r_ids = torch.full((b, t_width), self.tokenizer.pad_token_id, dtype=torch.long)
+        r_attn = torch.zeros_like(r_ids)
+        for k, r in enumerate(responses):
             if len(r):
-                ids[k, p_width:p_width + len(r)] = torch.as_tensor(r, dtype=torch.long)
-                attn[k, p_width:p_width + len(r)] = 1
+                r_ids[k, :len(r)] = torch.as_tensor(r, dtype=torch.long)
+                r_attn[k, :len(r)] = 1
+        ids, attn = torch.cat([p_ids, r_ids], 1), torch.cat([p_attn, r_attn], 1)
         ids, attn = ids.to(self.device), attn.to(self.device)
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         with self._autocast():

@@ -44,7 +44,6 @@ tasks (and, on a CPU, of samples).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -57,14 +56,17 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..config import ESTIMATOR_SETTINGS, TrainConfig, _f, check_choices, estimator_field
-from ..envs.factory import EnvFactory, ensure_registered
+from ..config import (ENV_ALIASES, ESTIMATOR_SETTINGS, ConfigError, TrainConfig, _f, check_env, check_env_options,
+                      check_eval_episodes, check_run_options, env_keywords, estimator_field, parse_env_kwargs, validate)
+from ..envs.factory import EnvFactory
+from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
 from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
+from ..rundir import RunDirError, atomic_write, check_start, damaged, write_error
 from ..trainer import TRAIN_SEED_RANGE, RunLoop, anchor_histogram, compute_advantages, ppo_targets
 from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right, unpad_rows
 from .rollout import LMRollout, collect_lm
-from .value import ValueHead, explained_variance, next_state_values
+from .value import VALUE_HEAD_FILE, ValueHead, explained_variance, next_state_values
 
 __all__ = ["LM_ALGOS", "ESTIMATOR_FIELDS", "LMTrainConfig", "LMTrainer", "EvalSet", "action_level_loss",
            "evaluation_metrics", "train_lm"]
@@ -76,6 +78,39 @@ ESTIMATOR_FIELDS = ("algo", *ESTIMATOR_SETTINGS)
 """Fields shared with :class:`gagpo.config.TrainConfig` that :func:`gagpo.trainer.compute_advantages` reads."""
 
 
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else the CPU; any other name as ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def check_device(device: str) -> None:
+    """``ValueError`` unless ``device`` names a torch device that exists here (``auto`` always does)."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:1, ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{device!r} asked for, but CUDA is not available here (torch.cuda.is_available() is "
+                             f"False); use --device cpu, or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{device!r} asked for, but MPS is not available here; use --device cpu, or auto")
+
+
+def check_eval_splits(eval_splits: str) -> None:
+    """``ValueError`` unless ``eval_splits`` is 'auto', '' or distinct comma-separated names."""
+    if eval_splits == "auto" or not eval_splits.strip():
+        return
+    names = [name.strip() for name in eval_splits.split(",")]
+    if not all(names) or len(set(names)) < len(names):
+        raise ValueError(f"must be 'auto', '' or distinct comma-separated split names, e.g. 'valid_seen,valid_unseen'; "
+                         f"got {eval_splits!r}")
+
+
 @dataclass
 class LMTrainConfig:
     """Configuration of one language-model training run. Field docs are the CLI's help."""
@@ -83,37 +118,40 @@ class LMTrainConfig:
     #: fields that may change between a checkpoint and the run that resumes it
     RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every",
                                             "eval_episodes", "eval_splits", "threads", "device", "gen_batch_size",
-                                            "micro_batch_size", "num_workers")
+                                            "micro_batch_size", "num_workers", "max_nonfinite_steps", "engine",
+                                            "overwrite")
 
     # --- model
     model: str = _f("tiny", "Hugging Face model name or local folder; 'tiny' = the offline tiny Llama with format warm-up, 'tiny-random' without")
-    lora_r: int = _f(0, "LoRA rank; 0 trains every parameter (the usual LoRA preset: 16)")
-    lora_alpha: int = _f(32, "LoRA α (the update is scaled by α / r)")
-    lora_dropout: float = _f(0.0, "dropout on the LoRA adapters' input")
+    lora_r: int = _f(0, "LoRA rank; 0 trains every parameter (the usual LoRA preset: 16)", ge=0)
+    lora_alpha: int = _f(32, "LoRA α (the update is scaled by α / r)", gt=0)
+    lora_dropout: float = _f(0.0, "dropout on the LoRA adapters' input", ge=0, lt=1)
     dtype: str = _f("auto", "weight dtype: auto (GPU: bf16 base for LoRA, fp32 + bf16 autocast for full training; CPU: fp32), float32, bfloat16, float16",
                     choices=("auto", "float32", "bfloat16", "float16"))
-    device: str = _f("auto", "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    device: str = _f("auto", "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...", check=check_device)
     gradient_checkpointing: bool = _f(True, "recompute activations in the backward pass to save GPU memory")
+    engine: str = _f("hf", "rollout engine (gagpo.llm.engine): hf = Hugging Face generate on a serving copy of the weights in the serving dtype (bf16 on a GPU; LoRA adapters merged), refreshed after every update; hf-compiled = the same with a static KV cache and torch.compile (GPU; compiles on first use); hf-shared = generate with the training model itself under autocast (slower; for comparison)",
+                     choices=("hf", "hf-compiled", "hf-shared"))
 
     # --- what to train on
-    env: str = _f("toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0)")
-    env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON")
-    max_steps: int = _f(50, "step limit per episode; 0 keeps the environment's registered limit")
+    env: str = _f("toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0) or an alias (household, alfworld)", check=check_env)
+    env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON", check=parse_env_kwargs)
+    max_steps: int = _f(50, "step limit per episode; 0 keeps the environment's registered limit", ge=0)
     algo: str = _f("gagpo", "advantage estimator; ppo = GAE over a learned value head on the language model (see --value-coef, --value-lr)", choices=LM_ALGOS)
-    seed: int = _f(0, "seed of the run: task sampling, response sampling, minibatch order")
+    seed: int = _f(0, "seed of the run: task sampling, response sampling, minibatch order", ge=0)
 
     # --- rollouts
-    iterations: int = _f(150, "training iterations (rollout -> advantages -> update)")
-    tasks_per_iter: int = _f(16, "rollout groups per iteration (distinct task seeds)")
-    group_size: int = _f(8, "episodes per group, all from the same task seed (G)")
-    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration")
-    history: int = _f(2, "past (observation, action) pairs shown in each prompt")
-    invalid_penalty: float = _f(0.1, "subtracted from the reward of an action with missing tags or not admissible")
-    temperature: float = _f(1.0, "sampling temperature (the log-probs use the same temperature)")
-    top_p: float = _f(1.0, "nucleus sampling mass (1 = no truncation)")
-    max_new_tokens: int = _f(512, "response length limit in tokens (think + action)")
-    max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit")
-    num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)")
+    iterations: int = _f(150, "training iterations (rollout -> advantages -> update)", ge=1)
+    tasks_per_iter: int = _f(16, "rollout groups per iteration (distinct task seeds)", ge=1)
+    group_size: int = _f(8, "episodes per group, all from the same task seed (G)", ge=1)
+    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration", ge=0)
+    history: int = _f(2, "past (observation, action) pairs shown in each prompt", ge=0)
+    invalid_penalty: float = _f(0.1, "subtracted from the reward of an action with missing tags or not admissible", ge=0)
+    temperature: float = _f(1.0, "sampling temperature (the log-probs use the same temperature)", gt=0)
+    top_p: float = _f(1.0, "nucleus sampling mass (1 = no truncation)", gt=0, le=1)
+    max_new_tokens: int = _f(512, "response length limit in tokens (think + action)", ge=1)
+    max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit", ge=0)
+    num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)", ge=0)
 
     # --- estimator (gagpo.config.ESTIMATOR_SETTINGS: the same names, defaults and help as TrainConfig)
     gamma: float = estimator_field("gamma")
@@ -124,63 +162,53 @@ class LMTrainConfig:
     adv_eps: float = estimator_field("adv_eps")
     anchor_match: str = estimator_field("anchor_match")
     anchor_threshold: float = estimator_field("anchor_threshold")
-    value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)")
-    value_lr: float = _f(1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)")
+    value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)", ge=0)
+    value_lr: float = _f(1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)", gt=0)
 
     # --- update
-    lr: float = _f(1e-6, "AdamW learning rate for full-parameter training")
-    lora_lr: float = _f(1e-5, "AdamW learning rate when lora_r > 0")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    update_epochs: int = _f(1, "passes over each iteration's rows")
-    minibatch_size: int = _f(256, "rows (actions) per optimizer step")
-    micro_batch_size: int = _f(8, "rows per forward/backward pass (gradient accumulation inside a minibatch)")
-    gen_batch_size: int = _f(128, "prompts per generate() call")
-    clip_eps: float = _f(0.2, "PPO clip range ε (lower side)")
-    clip_eps_high: float = _f(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)")
-    kl_coef: float = _f(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)")
-    entropy_coef: float = _f(0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)")
+    lr: float = _f(1e-6, "AdamW learning rate for full-parameter training", gt=0)
+    lora_lr: float = _f(1e-5, "AdamW learning rate when lora_r > 0", gt=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
+    update_epochs: int = _f(1, "passes over each iteration's rows", ge=1)
+    minibatch_size: int = _f(256, "rows (actions) per optimizer step", ge=1)
+    micro_batch_size: int = _f(8, "rows per forward/backward pass (gradient accumulation inside a minibatch)", ge=1)
+    gen_batch_size: int = _f(128, "prompts per generate() call", ge=1)
+    clip_eps: float = _f(0.2, "PPO clip range ε (lower side)", ge=0)
+    clip_eps_high: float = _f(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)", ge=0)
+    kl_coef: float = _f(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)", ge=0)
+    entropy_coef: float = _f(0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)", ge=0)
     ratio_level: str = _f("action", "importance ratio per 'action' (one per response, GAGPO) or per 'token'", choices=RATIO_LEVELS)
     aggregation: str = _f("token_mean", "loss aggregation: mean over tokens, or over actions (each action's token mean)", choices=AGGREGATIONS)
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
+    max_nonfinite_steps: int = _f(3, "skip an optimizer step whose log-probs, loss or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row", ge=1)
 
     # --- evaluation, logging, checkpoints
-    eval_every: int = _f(10, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables")
-    eval_episodes: int = _f(32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)")
-    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = 'valid_seen,valid_unseen' when the environment takes a split keyword (ALFWorld), else ''; '' = the environment's own held-out EVAL_SEEDS")
+    eval_every: int = _f(10, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables", ge=0)
+    eval_episodes: int = _f(32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)", ge=0)
+    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = 'valid_seen,valid_unseen' when the environment takes a split keyword (ALFWorld), else ''; '' = the environment's own held-out EVAL_SEEDS", check=check_eval_splits)
     eval_greedy: bool = _f(True, "evaluate with greedy decoding instead of sampling")
     out_dir: str = _f("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<model>-<algo>-seed<seed>")
-    checkpoint_every: int = _f(10, "save a checkpoint every k iterations (and at the end); 0 only at the end")
+    checkpoint_every: int = _f(10, "save a checkpoint every k iterations (and at the end); 0 only at the end", ge=0)
     resume: bool = _f(False, "continue from the checkpoint in out_dir if one exists")
+    overwrite: bool = _f(False, "replace the run in out_dir (its metrics and checkpoint are deleted); without it, and without --resume, a directory that holds a run is refused")
     progress: bool = _f(True, "show a progress bar")
-    threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
+    threads: int = _f(0, "torch CPU threads; 0 keeps torch's default", ge=0)
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        for name in ("iterations", "tasks_per_iter", "group_size", "update_epochs", "minibatch_size",
-                     "micro_batch_size", "gen_batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("gamma", "lam"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1]; got {getattr(self, name)}")
-        for name in ("max_steps", "n_train_tasks", "history", "lora_r", "eval_every", "eval_episodes", "threads",
-                     "max_prompt_tokens", "checkpoint_every", "invalid_penalty", "kl_coef", "entropy_coef",
-                     "weight_decay", "max_grad_norm", "clip_eps", "clip_eps_high", "num_workers", "value_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
-        if not self.value_lr > 0:
-            raise ValueError(f"value_lr must be > 0; got {self.value_lr}")
-        if self.eval_splits != "auto":
-            names = [name.strip() for name in self.eval_splits.split(",")]
-            if self.eval_splits.strip() and (not all(names) or len(set(names)) < len(names)):
-                raise ValueError(f"eval_splits must be 'auto', '' or distinct comma-separated split names, "
-                                 f"e.g. 'valid_seen,valid_unseen'; got {self.eval_splits!r}")
-        if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"temperature must be > 0 and top_p in (0, 1]; got {self.temperature}, {self.top_p}")
+        self.env = ENV_ALIASES.get(self.env, self.env)
         if isinstance(self.env_kwargs, str):
-            self.env_kwargs = json.loads(self.env_kwargs) if self.env_kwargs else {}
-        if not isinstance(self.env_kwargs, dict):
-            raise ValueError(f"env_kwargs must be a dict (JSON object); got {self.env_kwargs!r}")
+            try:
+                self.env_kwargs = parse_env_kwargs(self.env_kwargs)
+            except ValueError as exc:
+                raise ConfigError("env_kwargs", f"env_kwargs {exc}") from None
+        validate(self)  # the constraints written beside each field
+        check_run_options(self)
+        check_env_options(self)
+        if not self.eval_split_names():  # with splits, eval_episodes caps at each split's number of games
+            check_eval_episodes(self)
+        if self.dtype == "float16" and resolve_device(self.device).type == "cpu":
+            raise ConfigError("dtype", "dtype float16 on a CPU: sampling from half-precision logits on a CPU fails "
+                                       "('probability tensor contains inf/nan'); use float32 (or bfloat16), or a GPU")
 
     @property
     def lora(self) -> LoraSettings | None:
@@ -206,8 +234,8 @@ class LMTrainConfig:
             return ["valid_seen", "valid_unseen"] if _env_takes(self.env, "split") else []
         names = [name.strip() for name in self.eval_splits.split(",") if name.strip()]
         if names and not _env_takes(self.env, "split"):
-            raise ValueError(f"eval_splits {self.eval_splits!r} needs an environment that takes a 'split' keyword "
-                             f"(e.g. gagpo/ALFWorld-v0); {self.env} does not: pass eval_splits ''")
+            raise ConfigError("eval_splits", f"eval_splits {self.eval_splits!r} needs an environment that takes a 'split' "
+                                             f"keyword (e.g. gagpo/ALFWorld-v0); {self.env} does not: pass eval_splits ''")
         return names
 
     def estimator_config(self) -> TrainConfig:
@@ -226,18 +254,9 @@ class LMTrainConfig:
 
 
 def _env_takes(env_id: str, keyword: str) -> bool:
-    """Whether the registered environment's constructor accepts ``keyword`` (read from its signature)."""
-    import gymnasium as gym
-
-    ensure_registered(env_id)
-    creator = gym.spec(env_id).entry_point
-    if isinstance(creator, str):
-        creator = gym.envs.registration.load_env_creator(creator)
-    try:
-        params = inspect.signature(creator).parameters
-    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
-        return False
-    return keyword in params
+    """Whether the registered environment's constructor names ``keyword`` (read from its signature)."""
+    keywords = env_keywords(env_id)
+    return keywords is not None and keyword in keywords
 
 
 _DIAG_MEAN = ("loss", "policy_loss", "kl_ref", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "ratio_std")
@@ -264,7 +283,8 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
             :math:`V_\\phi(s)` of the rows' prompts, with gradient, from the same forward pass.
 
     Returns:
-        ``(loss, diagnostics)``, or ``(loss, diagnostics, values)`` with ``value_head``.
+        ``(loss, diagnostics)``, or ``(loss, diagnostics, values)`` with ``value_head``; the
+        diagnostics include ``logp_finite`` (whether every current log-prob is finite, for the guard).
     """
     out = policy.token_logprobs(prompt_ids, response_ids, grad=True, temperature=cfg.temperature,
                                 return_entropy=cfg.entropy_coef > 0, return_hidden=value_head is not None,
@@ -278,6 +298,7 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
         logp_new, logp_old, advantages.to(device), action_index, mask, ratio_level=cfg.ratio_level,
         clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
         entropy=out[2] if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef, aggregation=cfg.aggregation)
+    diag["logp_finite"] = all_finite([logp_new.detach()[mask]])  # for the guard: which phase broke
     if value_head is None:
         return loss, diag
     return loss, diag, value_head(out[-1])
@@ -354,7 +375,7 @@ class LMTrainer(RunLoop):
         self.policy = policy or LMPolicy.from_pretrained(
             cfg.model, lora=cfg.lora, dtype=cfg.dtype, device=cfg.device,
             gradient_checkpointing=cfg.gradient_checkpointing, reference=cfg.kl_coef > 0,
-            micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size)
+            micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size, engine=cfg.engine, seed=cfg.seed)
         if cfg.kl_coef > 0 and not self.policy.has_reference():
             raise ValueError("kl_coef > 0 needs a reference policy: build the LMPolicy with lora=... or reference=True")
         self.value_head = ValueHead.for_policy(self.policy) if cfg.algo == "ppo" else None
@@ -369,6 +390,7 @@ class LMTrainer(RunLoop):
         self.eval_sets = self.build_eval_sets(eval_pool)
         self.eval_pool, self.eval_seeds = self.eval_sets[0].pool, self.eval_sets[0].seeds  # RunLoop's names
         self.eval_hook = eval_hook
+        self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self.estimator_cfg = cfg.estimator_config()
         self.iteration = 0
         self.env_steps = 0
@@ -493,8 +515,12 @@ class LMTrainer(RunLoop):
         total_len = resp_len + np.asarray([len(p) for p in rollout.prompt_ids])
         rng = np.random.default_rng([cfg.seed, self.iteration, 3])
         params = self.policy.parameters() + ([] if head is None else list(head.parameters()))
+        old_ok = np.asarray([np.isfinite(x).all() for x in rollout.token_logp], dtype=bool)
+        ref_ok = (np.ones(n, dtype=bool) if ref_logp is None
+                  else np.asarray([np.isfinite(x).all() for x in ref_logp], dtype=bool))
+        adv_ok = np.isfinite(np.asarray(advantages, dtype=np.float64))
         sums: dict[str, float] = {}
-        ratio_min, ratio_max, grad_norms, steps, tokens = math.inf, -math.inf, [], 0, 0
+        ratio_min, ratio_max, grad_norms, steps, skipped, tokens = math.inf, -math.inf, [], 0, 0, 0
         self.policy.model.train()
         try:
             for _ in range(cfg.update_epochs):
@@ -503,7 +529,14 @@ class LMTrainer(RunLoop):
                     units = resp_len[mb].sum() if cfg.aggregation == "token_mean" else len(mb)
                     mb = mb[np.argsort(total_len[mb], kind="stable")]  # similar lengths share a micro-batch
                     self.optimizer.zero_grad(set_to_none=True)
+                    # the guard (gagpo.guard): inputs first, then every micro-batch's log-probs and loss, then the gradients
+                    bad = next((phase for phase, ok in (("old log-probs", old_ok), ("reference log-probs", ref_ok),
+                                                        ("advantages", adv_ok)) if not ok[mb].all()), None)
+                    mb_sums: dict[str, float] = {}
+                    mb_ratio = (math.inf, -math.inf)
                     for start in range(0, len(mb), cfg.micro_batch_size):
+                        if bad:
+                            break
                         ii = mb[start:start + cfg.micro_batch_size].tolist()
                         out = action_level_loss(
                             self.policy, [rollout.prompt_ids[i] for i in ii], [rollout.response_ids[i] for i in ii],
@@ -512,25 +545,47 @@ class LMTrainer(RunLoop):
                         loss, diag = out[0], out[1]
                         weight = (resp_len[ii].sum() if cfg.aggregation == "token_mean" else len(ii)) / units
                         total = loss * weight
+                        if not diag["logp_finite"]:
+                            bad = "log-probs"
+                        elif not math.isfinite(float(diag["loss"])):
+                            bad = "loss"
                         if head is not None:  # the critic's loss is a mean over rows
                             share = len(ii) / len(mb)
                             v_loss = value_loss(out[2], targets[ii])
                             total = total + cfg.value_coef * share * v_loss
-                            sums["value_loss"] = sums.get("value_loss", 0.0) + share * float(v_loss.detach())
+                            v = float(v_loss.detach())
+                            bad = bad or (None if math.isfinite(v) else "value loss")
+                            mb_sums["value_loss"] = mb_sums.get("value_loss", 0.0) + share * v
+                        if bad:
+                            break
                         total.backward()
                         for k in _DIAG_MEAN:
-                            sums[k] = sums.get(k, 0.0) + weight * float(diag[k])
-                        ratio_min, ratio_max = min(ratio_min, diag["ratio_min"]), max(ratio_max, diag["ratio_max"])
+                            mb_sums[k] = mb_sums.get(k, 0.0) + weight * float(diag[k])
+                        mb_ratio = (min(mb_ratio[0], diag["ratio_min"]), max(mb_ratio[1], diag["ratio_max"]))
                         tokens += int(total_len[ii].sum())
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
-                    grad_norms.append(float(norm))
+                    norm = math.nan
+                    if not bad:  # the norm before clipping rescales anything; a NaN/inf anywhere makes it non-finite
+                        norm = float(torch.nn.utils.clip_grad_norm_(
+                            params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
+                        bad = None if math.isfinite(norm) else "gradients"
+                    if bad:  # skip the step: no weight or optimizer-state change
+                        self.optimizer.zero_grad(set_to_none=True)
+                        skipped += 1
+                        self.guard.bad(self.iteration, bad, f"minibatch of {len(mb)} rows")
+                        continue
+                    self.guard.good()
                     self.optimizer.step()
+                    for k, v in mb_sums.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    ratio_min, ratio_max = min(ratio_min, mb_ratio[0]), max(ratio_max, mb_ratio[1])
+                    grad_norms.append(norm)
                     steps += 1
         finally:
             self.policy.model.eval()
-        out = {k: v / steps for k, v in sums.items()}  # value_loss: mean over minibatches
-        out.update(ratio_min=ratio_min, ratio_max=ratio_max, grad_norm=float(np.mean(grad_norms)),
-                   optimizer_steps=steps, update_tokens=tokens)
+        out: dict[str, Any] = {"optimizer_steps": steps, "nonfinite_steps": skipped, "update_tokens": tokens}
+        if steps:  # averages over the steps taken (value_loss: mean over minibatches)
+            out.update({k: v / steps for k, v in sums.items()})
+            out.update(ratio_min=ratio_min, ratio_max=ratio_max, grad_norm=float(np.mean(grad_norms)))
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -593,19 +648,43 @@ class LMTrainer(RunLoop):
     def checkpoint_path(self) -> str:
         return os.path.join(self.run_dir, "checkpoint")
 
+    def named_trainable(self) -> list[tuple[str, torch.Tensor]]:
+        """``(name, tensor)`` of every trainable weight: the policy's and the value head's."""
+        named = [(n, p) for n, p in self.policy.model.named_parameters() if p.requires_grad]
+        if self.value_head is not None:
+            named += [(f"value_head.{n}", p) for n, p in self.value_head.named_parameters()]
+        return named
+
+    def check_weights_finite(self, what: str) -> None:
+        """Raise :class:`~gagpo.guard.NonFiniteError` when a trainable weight holds a NaN or an infinity."""
+        if not all_finite(p for _, p in self.named_trainable()):
+            bad = [n for n, p in self.named_trainable() if not bool(torch.isfinite(p).all())][:5]
+            raise NonFiniteError(f"{what} hold non-finite values (NaN or inf) in {', '.join(bad)} at iteration "
+                                 f"{self.iteration}; the last checkpoint in {self.run_dir} is kept as it was.")
+
     def save_checkpoint(self) -> None:
         """Trainable weights (adapter or model; the value head for ``ppo``) + tokenizer + optimizer +
-        iteration, replaced atomically."""
+        iteration, replaced atomically. Refuses (:class:`~gagpo.guard.NonFiniteError`) to write
+        non-finite weights."""
+        self.check_weights_finite("refusing to write the checkpoint: the weights")
         path = self.checkpoint_path()
         tmp, old = path + ".tmp", path + ".old"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save(tmp)
-        if self.value_head is not None:
-            self.value_head.save(tmp)
-        torch.save(self.optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as fh:
-            json.dump({"config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
-                       "history": self.history}, fh)
+        try:  # everything into checkpoint.tmp, trainer_state.json last (its presence marks a complete folder)
+            self.policy.save(tmp)
+            if self.value_head is not None:
+                self.value_head.save(tmp)
+            with atomic_write(os.path.join(tmp, "optimizer.pt"), "wb") as fh:
+                torch.save(self.optimizer.state_dict(), fh)
+            with atomic_write(os.path.join(tmp, "trainer_state.json")) as fh:
+                json.dump({"config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
+                           "history": self.history}, fh)
+        except BaseException as exc:  # a full disk, ...: no checkpoint.tmp left, the last checkpoint kept
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, RunDirError):
+                raise write_error(exc.filename or tmp, exc) from exc
+            raise
+        # the swap; a crash between the two renames leaves only checkpoint.old, which load_checkpoint restores
         if os.path.exists(path):
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -613,18 +692,49 @@ class LMTrainer(RunLoop):
         shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> bool:
-        """Restore a checkpoint written by :meth:`save_checkpoint`; False when there is none."""
+        """Restore a checkpoint written by :meth:`save_checkpoint`; False when there is none.
+
+        A save interrupted between its two renames left only ``checkpoint.old`` (the previous complete
+        checkpoint): it is moved back and restored, with a warning. A file that cannot be read raises
+        :class:`~gagpo.rundir.RunDirError` naming it (:func:`gagpo.rundir.damaged`)."""
         path = self.checkpoint_path()
-        state_file = os.path.join(path, "trainer_state.json")
+        state_file, old = os.path.join(path, "trainer_state.json"), path + ".old"
+        if not os.path.exists(state_file) and os.path.exists(os.path.join(old, "trainer_state.json")):
+            warnings.warn(f"{path} is missing (a save was interrupted): resuming from the previous checkpoint, {old}",
+                          stacklevel=2)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(old, path)
+        shutil.rmtree(path + ".tmp", ignore_errors=True)  # an interrupted save's unfinished folder
         if not os.path.exists(state_file):
             return False
-        with open(state_file) as fh:
-            state = json.load(fh)
+        try:
+            with open(state_file) as fh:
+                state = json.load(fh)
+            missing = [k for k in ("config", "iteration", "env_steps", "history") if k not in state]
+            if missing:
+                raise ValueError(f"no {missing}")
+        except (OSError, ValueError, TypeError) as exc:
+            raise damaged(state_file, exc) from exc
         self.check_resumable(state["config"], path)
-        self.policy.load_trainable(path)
+        weights = os.path.join(path, "adapter_model.safetensors" if self.policy.is_lora else "model.safetensors")
+        try:
+            self.policy.load_trainable(path)
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign weights: name the file
+            raise damaged(weights, exc) from exc
         if self.value_head is not None:
-            self.value_head.load(path)
-        self.optimizer.load_state_dict(torch.load(os.path.join(path, "optimizer.pt"), map_location=self.policy.device))
+            try:
+                self.value_head.load(path)
+            except ValueError:  # no head, or one of another shape: its own message
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise damaged(os.path.join(path, VALUE_HEAD_FILE), exc) from exc
+        check_finite_weights(self.named_trainable(), f"the checkpoint {path}")
+        optimizer_file = os.path.join(path, "optimizer.pt")
+        try:
+            optimizer_state = torch.load(optimizer_file, map_location=self.policy.device)
+        except Exception as exc:  # noqa: BLE001
+            raise damaged(optimizer_file, exc) from exc
+        self.optimizer.load_state_dict(optimizer_state)
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
@@ -691,5 +801,7 @@ class LMTrainer(RunLoop):
 def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,
              eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Train one language-model run; returns its per-iteration metrics (also in ``cfg.run_dir()``:
-    ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and the checkpoint)."""
+    ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and the checkpoint). Checks the run directory
+    (:func:`gagpo.rundir.check_start`) before the model is loaded."""
+    check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return LMTrainer(cfg, policy=policy, eval_hook=eval_hook).train()

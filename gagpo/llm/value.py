@@ -9,7 +9,7 @@ the first token of its response. The head is one linear layer on it,
 .. math::  V_\phi(s) = w^\top h(s) + b,
 
 initialised to zero (so :math:`V \equiv 0` at the start and the first advantages are plain
-returns-to-go). The trunk is shared with the policy: the value loss
+returns-to-go) without drawing a random number, so building it leaves a run's random state as it was. The trunk is shared with the policy: the value loss
 :math:`\tfrac12 (V_\phi(s) - R)^2` (:func:`gagpo.losses.value_loss`) is added to the policy loss with
 the weight ``value_coef``, so its gradient reaches the trained parameters of the language model
 (every weight, or the LoRA adapters) as well as :math:`w, b` — the shared actor-critic of
@@ -45,20 +45,23 @@ class ValueHead(torch.nn.Module):
     Args:
         hidden_size: H, the width of the language model's hidden states (``policy.hidden_size``).
 
-    The parameters are float32 whatever the model's dtype (hidden states are cast before the head).
+    The parameters are float32 whatever the model's dtype (hidden states are cast before the head),
+    and zero: deterministic, and no random number is drawn (``skip_init`` skips ``Linear``'s random
+    initialisation, which would advance torch's global generator).
     """
 
     def __init__(self, hidden_size: int):
         super().__init__()
         if hidden_size < 1:
             raise ValueError(f"hidden_size must be >= 1; got {hidden_size}")
-        self.linear = torch.nn.Linear(hidden_size, 1)
+        self.linear = torch.nn.utils.skip_init(torch.nn.Linear, hidden_size, 1)
         torch.nn.init.zeros_(self.linear.weight)
         torch.nn.init.zeros_(self.linear.bias)
 
     @classmethod
     def for_policy(cls, policy: LMPolicy) -> "ValueHead":
-        """A zero-initialised head of the policy's hidden size, on the policy's device."""
+        """A zero-initialised head of the policy's hidden size, on the policy's device (deterministic:
+        no random number is drawn)."""
         return cls(policy.hidden_size).to(policy.device)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,12 @@ The pieces, in the order data flows through them::
 
 * :class:`gagpo.StepBatch` — one row per agent decision (the data contract);
 * :mod:`gagpo.advantages` — pure numpy estimators (REINFORCE, GRPO, RLOO, GAE, GiGPO, GAGPO);
+* :mod:`gagpo.registry` — the estimators by name: :func:`register_estimator` adds one to both
+  trainers, the command line and the plots; :func:`compute_advantages` runs any of them;
 * :mod:`gagpo.losses` — the PPO clipped surrogate with token- or action-level ratios;
 * :mod:`gagpo.policies`, :mod:`gagpo.rollout`, :mod:`gagpo.trainer` — the toy-chapter stack.
+
+Importing ``gagpo`` (the estimators and the registry) loads numpy, not torch or gymnasium.
 """
 from .advantages import (
     discounted_returns,
@@ -21,6 +25,7 @@ from .advantages import (
     rloo_advantages,
 )
 from .batch import StepBatch
+from .registry import compute_advantages, estimator_names, get_estimator, register_estimator
 
 __version__ = "0.1.0"
 
@@ -35,4 +40,8 @@ __all__ = [
     "gigpo_step_advantages",
     "grouped_value_proxy",
     "gagpo_advantages",
+    "register_estimator",
+    "compute_advantages",
+    "estimator_names",
+    "get_estimator",
 ]

@@ -6,6 +6,7 @@ import json
 import sys
 
 from .config import ENV_ALIASES, TrainConfig, add_dataclass_arguments, dataclass_from_args
+from .registry import estimator_names, get_estimator
 
 
 def _common_bench_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m gagpo",
         description="Train and benchmark advantage estimators (REINFORCE, GRPO, RLOO, PPO, GiGPO, GAGPO) on text environments.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,headline,bench,check-gpu}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sft,headline,bench,check-gpu}")
 
     p_train = sub.add_parser("train", help="train one algorithm with one seed",
                              description="Train one run of a toy-chapter policy. Metrics go to <out-dir>/metrics.{csv,jsonl}; checkpoints to "
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataclass_arguments(p_train, TrainConfig)  # a bad value ends the parse: "error: argument --flag: ...", exit 2
     parser.train_parser = p_train  # for the cross-field checks of TrainConfig (main)
+    sub.add_parser("sft", add_help=False, help="behaviour cloning of a language model on expert trajectories, the warm "
+                   "start before RL (see python -m gagpo sft --help)")  # main() hands `sft` to sft_main
 
     p_head = sub.add_parser("headline", help="the README's main job: GAGPO vs GiGPO vs GRPO on KeyDoor",
                             description="Train GRPO, GiGPO and GAGPO on KeyDoor with the same budget for several seeds (2 processes; "
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_cr.add_argument("--env", choices=["keydoor", "household", "all"], default="keydoor", help="environment (default: %(default)s)")
     p_cr.add_argument("--quick", action="store_true", help="the quick profile (smaller task and budget, fewer seeds; a few minutes)")
     p_cr.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's seeds")
-    p_cr.add_argument("--algos", nargs="+", default=None, help="override the profile's algorithms")
+    p_cr.add_argument("--algos", nargs="+", default=None, choices=estimator_names(), help="override the profile's algorithms")
     p_cr.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     p_cr.add_argument("--group-size", type=int, default=None,
                       help="replace the profile's group size G, keeping the episodes per iteration (tasks = episodes / G)")
@@ -115,9 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_lm.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                       help="hold a frozen reference copy of the model, as full-parameter training with kl_coef > 0 does "
                            "(ignored with --lora-r: LoRA's reference is the adapter-free model) (default: %(default)s)")
-    p_lm.add_argument("--engine", choices=("hf", "hf-compiled", "hf-shared"), default="hf",
+    p_lm.add_argument("--engine", choices=("hf", "hf-compiled", "hf-continuous", "hf-shared"), default="hf",
                       help="rollout engine: hf = generate on a serving copy in the serving dtype (LoRA merged); hf-compiled = "
-                           "the same with a static KV cache and torch.compile (GPU; the compilation is timed apart); hf-shared "
+                           "the same with a static KV cache and torch.compile (GPU; the compilation is timed apart); "
+                           "hf-continuous = the same with transformers' continuous batching; hf-shared "
                            "= generate with the training model under autocast (default: %(default)s)")
     p_lm.add_argument("--repeats", type=int, default=1, help="timed repeats of each phase; the fastest is reported (default: %(default)s)")
     p_lm.add_argument("--avg-steps", type=float, default=25.0,
@@ -159,7 +163,9 @@ def _run(train_fn, cfg) -> list | None:
 
 def build_lm_parser() -> argparse.ArgumentParser:
     """``python -m gagpo train --model NAME ...``: a language-model policy (gagpo.llm.train.LMTrainConfig)."""
-    from .llm.train import LM_ALGOS, LMTrainConfig
+    from .llm.train import LMTrainConfig
+
+    critics = ", ".join(a for a in estimator_names() if get_estimator(a).needs_critic)  # needs_critic: ppo
 
     parser = argparse.ArgumentParser(
         prog="python -m gagpo train --model NAME",
@@ -167,7 +173,8 @@ def build_lm_parser() -> argparse.ArgumentParser:
         description=(
             "Train a Hugging Face causal LM (or --model tiny, the offline tiny model) as a text agent:\n"
             "rollout -> advantages -> PPO-clip update with an action-level ratio (gagpo.llm.train).\n"
-            f"--algo: {', '.join(LM_ALGOS)} (ppo learns a value head on the model; the others need no critic).\n"
+            f"--algo: {', '.join(estimator_names())} (critic estimators, {critics}, learn a value head on the model;\n"
+            "the others need no critic; gagpo.register_estimator adds estimators).\n"
             f"--env accepts a gymnasium id or one of the aliases {sorted(ENV_ALIASES)}.\n"
             "Evaluation: greedy episodes every --eval-every iterations, on ALFWorld per held-out split\n"
             "(--eval-splits, default valid_seen and valid_unseen) and per task type.\n"
@@ -191,8 +198,7 @@ def train_lm_main(argv: list[str]) -> int:
 
     parser = build_lm_parser()
     args = parser.parse_args(argv)  # a bad value ends here: "error: argument --flag: ...", exit status 2
-    args.env = ENV_ALIASES.get(args.env, args.env)
-    cfg = dataclass_from_args(LMTrainConfig, args, parser)  # so does a cross-field check
+    cfg = dataclass_from_args(LMTrainConfig, args, parser)  # so does a cross-field check (an alias --env resolves here)
     _check_env_kwargs(parser, cfg)
     splits = cfg.eval_split_names()
     history = _run(train_lm, cfg)
@@ -205,10 +211,33 @@ def train_lm_main(argv: list[str]) -> int:
     return 0
 
 
+def sft_main(argv: list[str]) -> int:
+    """``python -m gagpo sft ...``: behaviour cloning on expert trajectories (gagpo.llm.sft)."""
+    from .llm.sft import SFTConfig, build_parser as build_sft_parser, sft
+
+    parser = build_sft_parser()
+    args = parser.parse_args(argv)  # a bad value ends here: "error: argument --flag: ...", exit status 2
+    args.env = ENV_ALIASES.get(args.env, args.env)
+    cfg = dataclass_from_args(SFTConfig, args, parser)
+    _check_env_kwargs(parser, cfg)
+    history = _run(sft, cfg)
+    if history is None:
+        return 1
+    evals = [row for row in history if "eval_success" in row]
+    print(json.dumps({"iteration": history[-1]["iteration"] if history else 0, "loss": history[-1].get("loss"),
+                      "eval_success_before": evals[0]["eval_success"] if evals else None,
+                      "eval_success_after": evals[-1]["eval_success"] if evals else None}))
+    print(f"metrics, curves.png and checkpoint in {cfg.run_dir()}; the fine-tuned model in {cfg.model_dir()} "
+          f"(python -m gagpo train --model {cfg.model_dir()} ...)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"] and any(a == "--model" or a.startswith("--model=") for a in argv[1:]):
         return train_lm_main(argv[1:])
+    if argv[:1] == ["sft"]:
+        return sft_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":

@@ -26,7 +26,6 @@ from .batch import StepBatch
 
 NORMS = ("mean_std", "mean", "none")
 GIGPO_NORMS = ("mean_std", "mean")
-BASELINES = (None, "mean", "step_mean")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -203,14 +202,14 @@ def gae_advantages(batch: StepBatch, values, next_values, gamma: float, lam: flo
     return reverse_scan(batch, delta, gamma * lam)
 
 
-def anchor_mean_std(batch: StepBatch, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    r"""Mean and population std of per-row ``values`` over each row's anchor group.
+def lambda_returns(batch: StepBatch, values, next_values, gamma: float, lam: float) -> np.ndarray:
+    r"""The λ-returns :math:`R^\lambda_t = A^{\text{GAE}}_t + V(s_t)`: a critic's regression targets.
 
-    The anchor group of a row is the set of rows with the same ``group_id`` and an equal
-    ``obs_key``. Returns two arrays of shape (N,) aligned with the rows.
+    :math:`A^{\text{GAE}}` is :func:`gae_advantages` with the same arguments (before any
+    normalisation); λ=1 gives the discounted return (bootstrapped after a truncation), λ=0 the
+    one-step target :math:`r_t + \gamma V(s'_t)`. Shape (N,), aligned with the batch rows.
     """
-    mean, std = _segment_mean_std(values, batch.anchor_index, batch.n_anchors)
-    return mean[batch.anchor_index], std[batch.anchor_index]
+    return gae_advantages(batch, values, next_values, gamma, lam) + _check_row_array(batch, "values", values)
 
 
 def gigpo_step_advantages(batch: StepBatch, gamma: float, norm: str = "mean_std", eps: float = 1e-6) -> np.ndarray:
@@ -288,5 +287,3 @@ def gagpo_advantages(
     adv = gae_advantages(batch, values, next_values, gamma, lam)
     return normalize_by_segment(adv, batch.group_index, batch.n_groups, norm, eps)
 
-
-ESTIMATORS = ("reinforce", "grpo", "rloo", "ppo", "gigpo", "gagpo")

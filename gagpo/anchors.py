@@ -7,7 +7,7 @@ step-level signal disappears. This module offers the simplest remedy: merge keys
 similar enough, then hand the estimators a batch whose keys are the merged ones.
 
 Similarity. Each text becomes the set of its word n-grams (*shingles*; :func:`shingles`, tokens
-from :func:`gagpo.policies.tokenize`), optionally with every number replaced by a coarse bucket
+from :func:`gagpo.text.tokenize`), optionally with every number replaced by a coarse bucket
 (0, 1, 2–3, 4–7, 8+). Two texts have the Jaccard similarity of their shingle sets,
 
 .. math:: J(x, y) = \frac{|S(x) \cap S(y)|}{|S(x) \cup S(y)|} \in [0, 1]
@@ -36,7 +36,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from .batch import StepBatch, factorize
-from .policies import tokenize
+from .text import tokenize
 
 _NUMBER = re.compile(r"[0-9]+")
 
@@ -57,7 +57,7 @@ def bucket_number(token: str) -> str:
 
 
 def shingles(text: str, n: int = 2, bucket_numbers: bool = False) -> frozenset[str]:
-    """The set of word ``n``-grams of ``text`` (tokens from :func:`gagpo.policies.tokenize`).
+    """The set of word ``n``-grams of ``text`` (tokens from :func:`gagpo.text.tokenize`).
 
     A text with fewer than ``n`` tokens gives the single shingle of all its tokens (an empty text
     gives the empty set). ``bucket_numbers=True`` maps every number token through

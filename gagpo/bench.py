@@ -1,6 +1,6 @@
 """Benchmarks and the headline experiment: scripts that print tables and write figures.
 
-* :func:`throughput` — rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes;
+* :func:`throughput` — rows/s of registered estimators (GRPO, GiGPO and GAGPO) at four batch sizes;
 * :func:`headline` — GAGPO vs GiGPO vs GRPO on KeyDoor with a small budget (the README's main job;
   ``--quick`` runs and writes apart from the full run, under ``runs/headline-quick``).
 
@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import advantages as A
 from .batch import StepBatch
 from .config import TrainConfig
-from .credit import eval_curve, run_configs
+from .harness import run_configs
+from .registry import compute_advantages
+from .stats import eval_curve
 from .tables import write_csv
 
 
@@ -48,17 +49,18 @@ def _best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def throughput(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 5, out: str | None = None) -> list[dict[str, Any]]:
-    """Time the estimators on synthetic batches of ``n_groups`` ∈ ``sizes`` (8 trajectories × 50 steps,
-    ~60 distinct observations per group). ``fresh`` includes building the batch's integer codes (the
-    first call on a new batch); ``cached`` reuses them. Batch construction (validation, trajectory
-    and group codes) is not timed. Prints a Markdown table (also written to ``out`` when given) and
-    returns its rows."""
-    estimators = {
-        "grpo": lambda b: A.grpo_advantages(b),
-        "gigpo": lambda b: A.gigpo_advantages(b, 0.95),
-        "gagpo": lambda b: A.gagpo_advantages(b, 0.95, 0.95),
-    }
+THROUGHPUT_ESTIMATORS = ("grpo", "gigpo", "gagpo")
+
+
+def throughput(sizes: Sequence[int] = (64, 128, 256, 512), repeats: int = 5, out: str | None = None,
+               names: Sequence[str] = THROUGHPUT_ESTIMATORS) -> list[dict[str, Any]]:
+    """Time the registered estimators ``names`` (:func:`gagpo.registry.compute_advantages` with the default
+    settings of :data:`gagpo.config.ESTIMATOR_SETTINGS`: γ = λ = 0.95, ``mean_std``) on synthetic batches
+    of ``n_groups`` ∈ ``sizes`` (8 trajectories × 50 steps, ~60 distinct observations per group).
+    ``fresh`` includes building the batch's integer codes (the first call on a new batch); ``cached``
+    reuses them. Batch construction (validation, trajectory and group codes) is not timed. Prints a
+    Markdown table (also written to ``out`` when given) and returns its rows."""
+    estimators = {name: (lambda b, name=name: compute_advantages(name, b)) for name in names}
     rows = []
     for n_groups in sizes:
         for name, fn in estimators.items():
@@ -123,7 +125,7 @@ def headline(seeds: Sequence[int] = (0, 1, 2), quick: bool = False, workers: int
     the quick one (:func:`gagpo.credit.report_dir`). When they do not go to ``figures/``, the table is
     compared with the committed ``figures/headline_keydoor.md`` (``make run`` does this).
     """
-    from .credit import compare_with_committed, cost_text, report_dir
+    from .reports import compare_with_committed, cost_text, report_dir
 
     root = root or HEADLINE_ROOTS[quick]
     figures_dir = report_dir(figures_dir, quick, root)

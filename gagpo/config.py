@@ -1,4 +1,4 @@
-"""The one typed configuration of a training run; the command line is generated from it.
+"""The typed configurations of a training run; the command line is generated from them.
 
 Every field carries its documentation in ``metadata["help"]`` and its constraints (``choices``,
 bounds ``ge``/``gt``/``le``/``lt``, a ``check`` function; float values must be finite) beside it,
@@ -9,6 +9,21 @@ in the field helper :func:`_f`. That one table is read twice: by :func:`validate
 prints exactly these texts and defaults, and notebooks build the same dataclass with overrides::
 
     cfg = TrainConfig(algo="gigpo", iterations=20, group_size=4)
+
+**One config core.** The toy trainer's :class:`TrainConfig` and the language-model trainer's
+:class:`gagpo.llm.train.LMTrainConfig` share most settings. Each shared setting is defined once, as a
+field of :class:`EstimatorSettings` (the advantage estimator: what :func:`gagpo.registry.compute_advantages`
+reads by name) or of :class:`RunSettings` (seeds, rollouts, the update, evaluation, the run directory),
+and a configuration takes it with :func:`shared`: the same name, type, constraints and (unless it says
+otherwise) default and help. A configuration may give a shared setting its own default or help text
+(``shared("iterations", 150, "training iterations ...")``: the language-model runs are longer per
+iteration), never its own constraints. Both configurations derive from :class:`BaseConfig`, whose
+``__post_init__`` is the one validation path (environment alias, ``env_kwargs`` parsing, the field
+constraints, ``resume``/``overwrite``, the environment's keywords, then the configuration's own
+:meth:`BaseConfig.check`). The configurations stay flat — ``cfg.gamma``, ``--gamma`` — and list their
+fields in their own order (the order of ``--help``, of ``to_dict()`` and of ``config.json``), which is
+why they take the shared fields one by one instead of inheriting them (a dataclass puts inherited
+fields first).
 """
 from __future__ import annotations
 
@@ -21,7 +36,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
-ALGOS = ("reinforce", "grpo", "rloo", "ppo", "gigpo", "gagpo")
+from .registry import estimator_names
+
+#: The built-in advantage estimators (a snapshot at import); an ``algo`` may be any name of the
+#: estimator registry (:func:`gagpo.registry.estimator_names`), including ones registered later.
+ALGOS = estimator_names()
 POLICIES = ("text", "tabular")
 NORMS = ("mean_std", "mean", "none")
 ANCHOR_MATCHES = ("exact", "near")
@@ -46,16 +65,23 @@ class ConfigError(ValueError):
         return "--" + self.field.replace("_", "-")
 
 
-def _f(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None,  # noqa: A002 - argparse's name
-       gt: float | None = None, le: float | None = None, lt: float | None = None,
+def _f(default: Any, help: str, choices: tuple | Callable[[], Iterable] | None = None, *,  # noqa: A002 - argparse's name
+       ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
        check: Callable[[Any], None] | None = None, **kw) -> Any:
-    """A dataclass field with its help text and its constraints: ``choices``; the bounds ``ge`` (>=),
-    ``gt`` (>), ``le`` (<=), ``lt`` (<); ``check``, a function that raises ``ValueError(reason)`` for a
-    value it refuses. A float value must also be finite (no NaN, no inf)."""
+    """A dataclass field with its help text and its constraints: ``choices`` (a tuple, or a function
+    returning them, called whenever a value is checked: e.g. the estimator registry's names, which
+    grow when an estimator is registered); the bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=), ``lt`` (<);
+    ``check``, a function that raises ``ValueError(reason)`` for a value it refuses. A float value
+    must also be finite (no NaN, no inf)."""
     meta = {"help": help}
     for key, value in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt), ("check", check)):
         if value is not None:
             meta[key] = value
+    return _field(default, meta, **kw)
+
+
+def _field(default: Any, meta: Mapping[str, Any], **kw) -> Any:
+    """A dataclass field with ``default`` (a dict or list default is copied for every instance) and ``meta``."""
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -71,10 +97,16 @@ def _bounds_text(meta: Mapping[str, Any]) -> str:
     return f"be {'<=' if hi[0] == ']' else '<'} {hi[1]}"
 
 
+def field_choices(meta: Mapping[str, Any]) -> tuple | None:
+    """The allowed values of a field with metadata ``meta`` now (``None``: any value)."""
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
+
+
 def field_problem(name: str, meta: Mapping[str, Any], value: Any) -> str | None:
     """What is wrong with ``value`` for the field ``name`` with metadata ``meta`` (a sentence naming the
     field), or ``None`` when the value is allowed."""
-    choices = meta.get("choices")
+    choices = field_choices(meta)
     if choices is not None and value not in choices:
         return f"unknown {name} {value!r}; expected one of {list(choices)}"
     if isinstance(value, float) and not math.isfinite(value):
@@ -177,72 +209,58 @@ def check_run_options(cfg: Any) -> None:
                                        "directory, --overwrite deletes it and starts again")
 
 
-#: The advantage estimator's settings, shared by :class:`TrainConfig` and
-#: :class:`gagpo.llm.LMTrainConfig` (same names, defaults, help and constraints): name -> keyword
-#: arguments of :func:`_f`.
-ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
-    "gamma": dict(default=0.95, help="discount factor γ", ge=0, le=1),
-    "lam": dict(default=0.95, help="GAE λ (gagpo, ppo)", ge=0, le=1),
-    "norm": dict(default="mean_std", help="advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", choices=NORMS),
-    "step_weight": dict(default=1.0, help="GiGPO: weight ω of the step-level (anchor-state) term", ge=0),
-    "reinforce_baseline": dict(default="step_mean", help="REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean")),
-    "adv_eps": dict(default=1e-6, help="ε added to standard deviations in normalisations", gt=0),
-    "anchor_match": dict(default="exact", help="anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES),
-    "anchor_threshold": dict(default=0.8, help="anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this", ge=0, le=1),
-}
+# ---------------------------------------------------------------------- the shared settings
+@dataclass
+class EstimatorSettings:
+    """The advantage estimator and its settings: the fields that :func:`gagpo.registry.compute_advantages`
+    reads from a configuration, by name. :class:`TrainConfig` and :class:`gagpo.llm.train.LMTrainConfig`
+    carry every one of them (:func:`shared`); on its own, an ``EstimatorSettings`` is the smallest
+    configuration that :func:`gagpo.registry.compute_advantages` and :func:`gagpo.trainer.critic_targets`
+    accept (``EstimatorSettings(algo="gigpo", gamma=0.9)``), validated like the others."""
 
+    algo: str = _f("gagpo", "advantage estimator: a name of the estimator registry (gagpo.registry)", choices=estimator_names)
+    gamma: float = _f(0.95, "discount factor γ", ge=0, le=1)
+    lam: float = _f(0.95, "GAE λ (gagpo, ppo)", ge=0, le=1)
+    norm: str = _f("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", choices=NORMS)
+    step_weight: float = _f(1.0, "GiGPO: weight ω of the step-level (anchor-state) term", ge=0)
+    reinforce_baseline: str = _f("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
+    adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations", gt=0)
+    anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
+    anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this", ge=0, le=1)
 
-def estimator_field(name: str) -> Any:
-    """The dataclass field of estimator setting ``name`` (:data:`ESTIMATOR_SETTINGS`)."""
-    return _f(**ESTIMATOR_SETTINGS[name])
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
-class TrainConfig:
-    """Configuration of one training run (one algorithm, one seed). Field docs are the CLI's help."""
-
-    #: fields that may differ between a checkpoint (or a finished run) and the run that resumes or reuses it
-    RESUMABLE: ClassVar[tuple[str, ...]] = (
-        "iterations", "env_step_budget", "resume", "overwrite", "progress", "out_dir", "checkpoint_every", "eval_every",
-        "max_nonfinite_steps")
+class RunSettings:
+    """The settings that every training run has, toy policy or language model: the environment, the
+    seed, the rollouts, the PPO-clip update, evaluation and the run directory. Their defaults and help
+    are the toy trainer's (:class:`TrainConfig`); :class:`gagpo.llm.train.LMTrainConfig` gives some of
+    them its own default or help (:func:`shared`). A table of definitions, read by :func:`shared`; the
+    configurations are built from it, not from this class."""
 
     # --- what to train on
     env: str = _f("toy_envs/KeyDoor-v0", "gymnasium id of a text environment (toy_envs/OpenGrid-v0, toy_envs/KeyDoor-v0, toy_envs/MiniHousehold-v0) or an alias (keydoor, household)", check=check_env)
     env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON, e.g. '{\"size\": 6}'", check=parse_env_kwargs)
     max_steps: int = _f(0, "step limit per episode; 0 keeps the environment's registered limit", ge=0)
-    algo: str = _f("gagpo", "advantage estimator", choices=ALGOS)
     seed: int = _f(0, "seed of the run: initial weights, task sampling and action sampling", ge=0)
 
     # --- rollouts
     iterations: int = _f(300, "number of training iterations (rollout -> advantages -> update)", ge=1)
-    env_step_budget: int = _f(0, "stop once this many environment steps have been taken (checked after each iteration); 0 = no limit", ge=0)
     tasks_per_iter: int = _f(8, "rollout groups per iteration (distinct task seeds)", ge=1)
     group_size: int = _f(8, "trajectories per group, all started from the same task seed (G)", ge=1)
     n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration", ge=0)
 
-    # --- estimator (shared with gagpo.llm.LMTrainConfig)
-    gamma: float = estimator_field("gamma")
-    lam: float = estimator_field("lam")
-    norm: str = estimator_field("norm")
-    step_weight: float = estimator_field("step_weight")
-    reinforce_baseline: str = estimator_field("reinforce_baseline")
-    adv_eps: float = estimator_field("adv_eps")
-    anchor_match: str = estimator_field("anchor_match")
-    anchor_threshold: float = estimator_field("anchor_threshold")
-
-    # --- policy and update
-    policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
-    hidden: int = _f(64, "hidden width of the text policy and critic", ge=1)
+    # --- update
     lr: float = _f(1e-3, "Adam learning rate of the policy", gt=0)
     update_epochs: int = _f(4, "passes over each iteration's rollouts (PPO epochs)", ge=1)
-    minibatches: int = _f(2, "minibatches per epoch", ge=1)
     clip_eps: float = _f(0.2, "PPO clip range ε", ge=0)
     entropy_coef: float = _f(0.01, "entropy bonus coefficient", ge=0)
+    ratio_level: str = _f("action", "importance ratio per 'action' or per 'token' (identical for one-token toy actions)", choices=("action", "token"))
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
     max_nonfinite_steps: int = _f(3, "skip an optimizer step whose log-probs, loss or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row", ge=1)
-    ratio_level: str = _f("action", "importance ratio per 'action' or per 'token' (identical for one-token toy actions)", choices=("action", "token"))
     value_lr: float = _f(1e-2, "PPO: Adam learning rate of the learned critic", gt=0)
-    value_epochs: int = _f(4, "PPO: critic regression passes per iteration", ge=1)
 
     # --- evaluation, logging, checkpoints
     eval_every: int = _f(20, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables", ge=0)
@@ -253,9 +271,51 @@ class TrainConfig:
     resume: bool = _f(False, "continue from the checkpoint in out_dir if one exists")
     overwrite: bool = _f(False, "replace the run in out_dir (its metrics and checkpoints are deleted); without it, and without --resume, a directory that holds a run is refused")
     progress: bool = _f(True, "show a progress bar")
-    threads: int = _f(1, "torch CPU threads (1 is fastest for these small models and keeps runs deterministic)", ge=1)
+    threads: int = _f(1, "torch CPU threads; 0 keeps torch's default (1 is fastest for these small models and keeps runs deterministic)", ge=0)
+
+
+#: The shared settings by name: every field of :class:`EstimatorSettings` and :class:`RunSettings`.
+SHARED_FIELDS: dict[str, dataclasses.Field] = {f.name: f for cls in (EstimatorSettings, RunSettings) for f in dataclasses.fields(cls)}
+
+#: The advantage estimator's settings but ``algo`` (fields of :class:`EstimatorSettings`): name ->
+#: ``{"default": ..., "help": ..., constraints}``; :func:`gagpo.registry.resolve_settings` falls back on
+#: these defaults.
+ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
+    f.name: {"default": f.default, **f.metadata} for f in dataclasses.fields(EstimatorSettings) if f.name != "algo"}
+
+
+def shared(name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:  # noqa: A002 - as in _f
+    """The shared setting ``name`` (a field of :class:`EstimatorSettings` or :class:`RunSettings`) as a
+    field of a configuration: the same constraints (choices, bounds, check); ``default`` and ``help``,
+    when given, replace the shared ones for this configuration only."""
+    try:
+        base = SHARED_FIELDS[name]
+    except KeyError:
+        raise ValueError(f"no shared setting {name!r}; the shared settings are {sorted(SHARED_FIELDS)}") from None
+    meta = dict(base.metadata)
+    if help is not None:
+        meta["help"] = help
+    if default is dataclasses.MISSING:
+        default = base.default if base.default is not dataclasses.MISSING else base.default_factory()
+    return _field(default, meta)
+
+
+class BaseConfig:
+    """What every run configuration does (:class:`TrainConfig`, :class:`gagpo.llm.train.LMTrainConfig`):
+    one validation path, run by the dataclass's ``__post_init__``, and ``to_dict``.
+
+    A subclass is a dataclass with the fields ``env``, ``env_kwargs``, ``resume``, ``overwrite`` and
+    ``eval_episodes`` (:class:`RunSettings`) among its own; it adds its cross-field checks by overriding
+    :meth:`check`, and lists in ``RESUMABLE`` the fields that may change when a run is resumed."""
+
+    #: fields that may differ between a checkpoint (or a finished run) and the run that resumes or reuses it
+    RESUMABLE: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        """The one validation path: resolve an environment alias, parse ``env_kwargs`` given as JSON
+        text, check every field's constraints (:func:`validate`), ``resume`` against ``overwrite``
+        (:func:`check_run_options`), the environment's keywords (:func:`check_env_options`), then
+        :meth:`check`. Raises :class:`ConfigError` naming the field."""
         self.env = ENV_ALIASES.get(self.env, self.env)
         if isinstance(self.env_kwargs, str):
             try:
@@ -265,16 +325,84 @@ class TrainConfig:
         validate(self)  # the constraints written beside each field
         check_run_options(self)
         check_env_options(self)
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field checks of this configuration, after the shared ones; here: ``eval_episodes``
+        against the environment's held-out seeds (:func:`check_eval_episodes`)."""
         check_eval_episodes(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- the toy trainer's configuration
+@dataclass
+class TrainConfig(BaseConfig):
+    """Configuration of one training run (one algorithm, one seed). Field docs are the CLI's help.
+
+    The settings shared with :class:`gagpo.llm.train.LMTrainConfig` (``shared(...)``) are those of
+    :class:`EstimatorSettings` and :class:`RunSettings`, with their defaults; the others are the toy
+    trainer's own."""
+
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "iterations", "env_step_budget", "resume", "overwrite", "progress", "out_dir", "checkpoint_every", "eval_every",
+        "max_nonfinite_steps")
+
+    # --- what to train on
+    env: str = shared("env")
+    env_kwargs: dict = shared("env_kwargs")
+    max_steps: int = shared("max_steps")
+    algo: str = shared("algo")
+    seed: int = shared("seed")
+
+    # --- rollouts
+    iterations: int = shared("iterations")
+    env_step_budget: int = _f(0, "stop once this many environment steps have been taken (checked after each iteration); 0 = no limit", ge=0)
+    tasks_per_iter: int = shared("tasks_per_iter")
+    group_size: int = shared("group_size")
+    n_train_tasks: int = shared("n_train_tasks")
+
+    # --- estimator (EstimatorSettings, shared with gagpo.llm.LMTrainConfig)
+    gamma: float = shared("gamma")
+    lam: float = shared("lam")
+    norm: str = shared("norm")
+    step_weight: float = shared("step_weight")
+    reinforce_baseline: str = shared("reinforce_baseline")
+    adv_eps: float = shared("adv_eps")
+    anchor_match: str = shared("anchor_match")
+    anchor_threshold: float = shared("anchor_threshold")
+
+    # --- policy and update
+    policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
+    hidden: int = _f(64, "hidden width of the text policy and critic", ge=1)
+    lr: float = shared("lr")
+    update_epochs: int = shared("update_epochs")
+    minibatches: int = _f(2, "minibatches per epoch", ge=1)
+    clip_eps: float = shared("clip_eps")
+    entropy_coef: float = shared("entropy_coef")
+    max_grad_norm: float = shared("max_grad_norm")
+    max_nonfinite_steps: int = shared("max_nonfinite_steps")
+    ratio_level: str = shared("ratio_level")
+    value_lr: float = shared("value_lr")
+    value_epochs: int = _f(4, "PPO: critic regression passes per iteration", ge=1)
+
+    # --- evaluation, logging, checkpoints
+    eval_every: int = shared("eval_every")
+    eval_episodes: int = shared("eval_episodes")
+    eval_greedy: bool = shared("eval_greedy")
+    out_dir: str = shared("out_dir")
+    checkpoint_every: int = shared("checkpoint_every")
+    resume: bool = shared("resume")
+    overwrite: bool = shared("overwrite")
+    progress: bool = shared("progress")
+    threads: int = shared("threads")
 
     def run_dir(self) -> str:
         if self.out_dir:
             return self.out_dir
         name = self.env.split("/")[-1].replace("-v0", "")
         return f"runs/{name}-{self.algo}-seed{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()) -> dict[str, tuple]:
@@ -320,7 +448,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, type=_arg_type(f.name, dict, f.metadata), default=default, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, type=_arg_type(f.name, kind, f.metadata), default=default,
-                                choices=f.metadata.get("choices"), help=help_text)
+                                choices=field_choices(f.metadata), help=help_text)
 
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Any:

@@ -2,15 +2,38 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .registry import estimator_names, get_estimator
+
 FIGURES_DIR = os.environ.get("GAGPO_FIGURES_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures"))
 FIGSIZE = (6.4, 4.0)
-ALGO_COLORS = {
-    "reinforce": "#7f7f7f", "grpo": "#1f77b4", "rloo": "#17becf", "ppo": "#9467bd", "gigpo": "#ff7f0e", "gagpo": "#d62728",
-}
+#: colours for registered estimators that name none (matplotlib's default cycle, in registration order)
+DEFAULT_CYCLE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+class EstimatorColors(Mapping):
+    """The line colour of every registered estimator, read from the registry (:mod:`gagpo.registry`) at
+    each lookup: its ``color=`` when registered with one, else a colour of :data:`DEFAULT_CYCLE` by
+    registration order. ``ALGO_COLORS["gagpo"]``; ``ALGO_COLORS.get(name)`` is ``None`` for a name
+    that is not a registered estimator."""
+
+    def __getitem__(self, name: str) -> str:
+        if name not in estimator_names():
+            raise KeyError(name)
+        color = get_estimator(name).color
+        return color if color else DEFAULT_CYCLE[estimator_names().index(name) % len(DEFAULT_CYCLE)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(estimator_names())
+
+    def __len__(self) -> int:
+        return len(estimator_names())
+
+
+ALGO_COLORS = EstimatorColors()
 
 
 def use_style():

@@ -46,6 +46,8 @@ from itertools import accumulate, chain
 import torch
 from torch import nn
 
+from .text import tokenize  # re-exported: gagpo.policies.tokenize
+
 __all__ = [
     "POLICY_KINDS",
     "stable_hash",
@@ -70,7 +72,6 @@ POLICY_KINDS = ("tabular", "text")
 _CACHE_LIMIT = 1 << 20
 """Entries kept per string cache before it is cleared (bounds memory on open-ended text)."""
 
-_TOKEN = re.compile(r"[a-z]+|[0-9]+")
 _SENTENCE = re.compile(r"[.;:\n]")
 
 
@@ -135,15 +136,6 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 def stable_hash(text: str) -> int:
     """A 64-bit hash of ``text`` that is the same in every process (BLAKE2b of its UTF-8 bytes)."""
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-case ``text`` and split it into runs of letters and runs of digits.
-
-    ``"The key is 2 steps north."`` -> ``["the", "key", "is", "2", "steps", "north"]``; numbers stay
-    tokens of their own, punctuation and other characters separate tokens and are dropped.
-    """
-    return _TOKEN.findall(text.lower())
 
 
 def _cached(cache: dict, key, compute):

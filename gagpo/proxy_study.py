@@ -284,7 +284,7 @@ def _md_table(records: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 def proxy_study(quick: bool = False, figures_dir: str | None = None, seed: int = 0, settings: Sequence[ProxySetting] | None = None) -> dict[str, Any]:
     """Run :func:`study_setting` for every setting; write ``figures/proxy_*.png``,
     ``proxy_study[_quick].{csv,md}`` and print the tables."""
-    from .credit import CSV_FLOAT
+    from .reports import CSV_FLOAT
     from .tables import write_csv
     from .plotting import FIGURES_DIR
 

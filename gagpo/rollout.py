@@ -6,21 +6,22 @@ returns a :class:`Rollout`: the :class:`~gagpo.batch.StepBatch` (one row per dec
 update needs per row (observation, admissible actions, chosen action, its log-probability) and
 per-trajectory summaries (return, length, success).
 
-Environments follow the ``toy_envs`` protocol (gymnasium API, text observations, ``info`` with
-``admissible_actions`` and ``won``; ``step`` accepts an index into the admissible list). The
-observation text is the anchor key: identical situations give identical text.
+Environments follow the protocol of :mod:`gagpo.envs.pool` (gymnasium API, text observations, ``info``
+with ``admissible_actions`` and ``won`` — :class:`~gagpo.envs.pool.EnvInfo`; ``step`` accepts an index into
+the admissible list), and a pool keeps :class:`~gagpo.envs.pool.EnvPoolProtocol`. The observation text is
+the anchor key: identical situations give identical text.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from .batch import StepBatch
 from .envs.factory import EnvFactory, ensure_registered
+from .envs.pool import EnvPool  # re-exported: its home is gagpo.envs.pool
 from .policies import action_log_probs, greedy_actions, sample_actions
 
 
@@ -51,40 +52,36 @@ class Rollout:
         return float(self.invalid.mean()) if len(self.invalid) else 0.0
 
     @property
+    def kept(self) -> np.ndarray:
+        """(n_traj,) bool: the trajectories that count — all of them, except episodes whose environment
+        was lost (``traj_lost`` of :class:`gagpo.llm.rollout.LMRollout`)."""
+        lost = getattr(self, "traj_lost", None)
+        if lost is None or len(lost) == 0:
+            return np.ones(len(self.traj_won), dtype=bool)
+        return ~np.asarray(lost, dtype=bool)
+
+    @property
+    def lost_episodes(self) -> int:
+        """Episodes whose environment was lost (not counted, not trained on)."""
+        return int(len(self.traj_won) - self.kept.sum())
+
+    @property
     def success_rate(self) -> float:
-        return float(self.traj_won.mean()) if len(self.traj_won) else 0.0
+        """Fraction of the counted episodes (:attr:`kept`) that were won."""
+        won = self.traj_won[self.kept]
+        return float(won.mean()) if len(won) else 0.0
 
+    @property
+    def mean_return(self) -> float:
+        """Mean undiscounted return of the counted episodes."""
+        r = self.traj_return[self.kept]
+        return float(r.mean()) if len(r) else 0.0
 
-class EnvPool:
-    """A reusable list of environment instances (creating gymnasium envs is slower than resetting them).
-
-    :func:`collect` talks to environments only through :meth:`reset_many` and :meth:`step_many`, so a
-    pool that runs its environments in worker processes (e.g. for ALFWorld) can replace this
-    in-process one by providing the same two methods.
-    """
-
-    def __init__(self, make_env: Callable[[], gym.Env]):
-        self.make_env = make_env
-        self.envs: list[gym.Env] = []
-
-    def get(self, n: int) -> list[gym.Env]:
-        while len(self.envs) < n:
-            self.envs.append(self.make_env())
-        return self.envs[:n]
-
-    def reset_many(self, seeds: Sequence[int]) -> list[tuple[str, dict]]:
-        """Reset environment i with ``seeds[i]``; returns ``(observation, info)`` per environment."""
-        envs = self.get(len(seeds))
-        return [env.reset(seed=int(seed)) for env, seed in zip(envs, seeds)]
-
-    def step_many(self, indices: Sequence[int], actions: Sequence[int | str]) -> list[tuple]:
-        """Step environment ``indices[j]`` with ``actions[j]``; returns gymnasium's 5-tuples."""
-        return [self.envs[i].step(a) for i, a in zip(indices, actions)]
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        self.envs.clear()
+    @property
+    def mean_length(self) -> float:
+        """Mean length (decisions) of the counted episodes."""
+        n = self.traj_length[self.kept]
+        return float(n.mean()) if len(n) else 0.0
 
 
 def make_env_fn(env_id: str, max_steps: int = 0, **kwargs) -> EnvFactory:
@@ -158,11 +155,13 @@ def collect(
 def rollout_fields(rows: dict[str, list], group_of: np.ndarray, task_of: np.ndarray, traj_return: np.ndarray,
                    traj_length: np.ndarray, traj_won: np.ndarray, logp: np.ndarray) -> dict[str, Any]:
     """The :class:`Rollout` fields from per-row lists (keys ``traj, step, obs, next_obs, adm, action,
-    reward, terminated, truncated, invalid``) and per-trajectory arrays; shared by every collector."""
+    reward, terminated, truncated, invalid``; optionally ``key, next_key``, the anchor keys of ``obs`` and
+    ``next_obs`` when they are not the observation text itself) and per-trajectory arrays; shared by every
+    collector."""
     traj = np.asarray(rows["traj"], dtype=np.int64)
     batch = StepBatch(
         group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
-        obs_key=rows["obs"], next_obs_key=rows["next_obs"], reward=rows["reward"],
+        obs_key=rows.get("key", rows["obs"]), next_obs_key=rows.get("next_key", rows["next_obs"]), reward=rows["reward"],
         terminated=rows["terminated"], truncated=rows["truncated"],
     )
     return dict(

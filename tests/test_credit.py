@@ -1,112 +1,21 @@
-"""The credit-assignment benchmark (gagpo.credit): statistics on known data, the harness on a tiny budget."""
+"""The credit-assignment benchmark (gagpo.credit, gagpo.harness, gagpo.reports): report sentences on known data,
+profiles and ablation variants, the harness on a tiny budget. The statistics are tested in test_stats.py."""
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
-import math
 import os
 
 import numpy as np
 import pytest
 
 from gagpo import credit as C
+from gagpo import harness
 from gagpo.__main__ import build_parser
 
 
-# ====================================================================== statistics on known data
-def test_constant_sample_gives_a_zero_width_interval():
-    est, lo, hi = C.bootstrap_ci([0.7] * 10)
-    assert est == lo == hi == pytest.approx(0.7)
-    est, lo, hi = C.bootstrap_ci(np.full((10, 5), 0.3))  # whole curves: pointwise
-    assert np.allclose(est, 0.3) and np.allclose(lo, 0.3) and np.allclose(hi, 0.3)
-
-
-def test_bootstrap_interval_of_a_two_point_sample_by_hand():
-    # Resampling {0, 1} twice gives the medians 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4.
-    # A 95% interval must reach both ends; a 40% interval cuts 30% from each tail, and since only
-    # 25% of the mass lies at each end, it is the single point 0.5.
-    assert tuple(map(float, C.bootstrap_ci([0.0, 1.0], level=0.95, n_boot=4000))) == (0.5, 0.0, 1.0)
-    assert tuple(map(float, C.bootstrap_ci([0.0, 1.0], level=0.40, n_boot=4000))) == (0.5, 0.5, 0.5)
-    assert float(C.bootstrap_ci([1.0, 2.0, 3.0, 10.0], np.mean)[0]) == pytest.approx(4.0)
-
-
-def test_bootstrap_interval_replays_with_a_fixed_rng():
-    x = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
-    n_boot, level, seed = 500, 0.9, 7
-    rng = np.random.default_rng(seed)
-    medians = []
-    for _ in range(n_boot):  # the documented algorithm, one resample at a time
-        pick = rng.integers(0, len(x), size=len(x))
-        medians.append(np.median(x[pick]))
-    medians.sort()
-    lo_hand = medians[math.floor(0.05 * (n_boot - 1))]
-    hi_hand = medians[math.ceil(0.95 * (n_boot - 1))]
-    est, lo, hi = C.bootstrap_ci(x, np.median, n_boot, level, seed)
-    assert float(est) == 3.5 and float(lo) == lo_hand and float(hi) == hi_hand
-    assert lo < est < hi
-
-
-def test_curve_band_is_the_pointwise_interval():
-    rng = np.random.default_rng(0)
-    curves = rng.random((6, 4))
-    est, lo, hi = C.bootstrap_ci(curves, n_boot=300, seed=3)
-    for j in range(4):
-        e, l, h = C.bootstrap_ci(curves[:, j], n_boot=300, seed=3)
-        assert (est[j], lo[j], hi[j]) == (e, l, h)
-
-
-def test_not_reached_counts_as_infinite_without_nans():
-    est, lo, hi = C.bootstrap_ci([100.0, 200.0, np.inf, np.inf, np.inf])
-    assert est == np.inf and hi == np.inf and np.isfinite(lo) and not np.isnan(lo)
-    est, lo, hi = C.bootstrap_ci([100.0, 200.0, 300.0, np.inf])
-    assert est == 250.0 and hi == np.inf and lo == 100.0
-
-
-def test_steps_to_threshold_on_a_hand_made_curve():
-    steps = [1000, 2000, 3000, 4000, 5000]
-    success = [0.1, 0.85, 0.7, np.nan, 0.9]
-    assert C.steps_to_threshold(steps, success, 0.8) == 2000
-    assert C.steps_to_threshold(steps, success, 0.85) == 2000  # ">=": touching counts
-    assert C.steps_to_threshold(steps, success, 0.86) == 5000
-    assert C.steps_to_threshold(steps, success, 0.95) == math.inf
-    with pytest.raises(ValueError, match="same shape"):
-        C.steps_to_threshold([1, 2], [0.5])
-
-
-def hand_history():
-    """Six iterations, evaluations at 2, 4, 6."""
-    rows = []
-    for it, (steps, succ, kl, ev) in enumerate(zip([100, 200, 300, 400, 500, 600], [0.0, 0.5, 0.5, 1.0, 0.5, 1.0],
-                                                    [0.01, 0.03, 0.01, 0.03, 0.01, 0.03], [None, 0.2, None, 0.6, None, 0.4]), 1):
-        r = {"iteration": it, "env_steps": steps, "success": succ, "approx_kl": kl}
-        if ev is not None:
-            r["eval_success"] = ev
-        rows.append(r)
-    return rows
-
-
-def test_run_summary_by_hand():
-    s = C.run_summary(hand_history(), thresholds=(0.5, 0.8))
-    assert s["final_success"] == pytest.approx((0.2 + 0.6 + 0.4) / 3)
-    # trapezoids over (200, 0.2), (400, 0.6), (600, 0.4): (0.4*200 + 0.5*200) / 400
-    assert s["auc_success"] == pytest.approx(0.45)
-    assert s["steps_to_50"] == 400 and s["steps_to_80"] == math.inf
-    assert s["kl_std"] == pytest.approx(0.01)
-    assert s["eval_abs_change"] == pytest.approx(0.3)  # |+0.4|, |-0.2|
-    assert s["eval_drop"] == pytest.approx(0.1)  # 0, 0.2
-    assert s["train_abs_change"] == pytest.approx(0.4)  # |Δ| = 0.5, 0, 0.5, 0.5, 0.5
-    assert s["env_steps"] == 600 and s["iterations"] == 6
-
-
-def test_curves_on_grid_only_covers_the_common_range():
-    a = (np.array([10.0, 20.0, 30.0]), np.array([0.0, 1.0, 2.0]))
-    b = (np.array([15.0, 25.0]), np.array([5.0, 5.0]))
-    grid, ys = C.curves_on_grid([a, b], n_points=3)
-    assert np.allclose(grid, [15.0, 20.0, 25.0])
-    assert np.allclose(ys, [[0.5, 1.0, 1.5], [5.0, 5.0, 5.0]])
-
-
+# ====================================================================== report sentences on known data
 def test_ratio_and_target_verdicts():
     per = lambda vals: [{"steps_to_80": v} for v in vals]  # noqa: E731 - a tiny fixture
     summ = lambda **kw: {a: {"per_seed": per(v), "n_seeds": len(v), "budget": 1000.0, "reached_80": int(np.isfinite(v).sum())} for a, v in kw.items()}  # noqa: E731
@@ -123,6 +32,34 @@ def test_ratio_and_target_verdicts():
 
 
 # ====================================================================== profiles, variants, CLI
+def test_credit_still_offers_every_name_it_had():
+    """The split into gagpo.stats, gagpo.harness and gagpo.reports kept gagpo.credit's public names,
+    those the chapters import among them."""
+    import re
+
+    from gagpo import reports, stats
+
+    before = ["bootstrap_ci", "steps_to_threshold", "eval_curve", "curves_on_grid", "smoothness", "run_summary", "Profile",
+              "PROFILES", "get_profile", "finished_history", "run_configs", "tidy_rows", "write_csv", "read_csv",
+              "histories_by", "summarise", "ratio_ci", "plot_curves", "plot_steps_to", "plot_smoothness", "credit_table",
+              "target_verdict", "credit", "ABLATIONS", "ablation_variants", "ablation_reading", "ablations", "iteration_time",
+              "cost_text", "report_dir", "compare_with_committed", "CSV_FLOAT", "CSV_COLUMNS", "SUMMARY_KEYS", "ENVS",
+              "ABLATION_DEFAULTS", "ABLATION_PROFILES", "ablation_table", "training_time"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in ("chapters", os.path.join("chapters", "solutions")):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            if name.endswith(".ipynb"):
+                cells = json.load(open(os.path.join(root, folder, name), encoding="utf-8"))["cells"]
+                code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+                for wrapped, line in re.findall(r"from gagpo\.credit import (?:\(([^)]*)\)|([^(\n]+))", code):
+                    before += [n.strip() for n in (wrapped or line).replace("\n", ",").split(",") if n.strip()]
+    assert "summarise" in before and "target_verdict" in before  # chapter 7's imports were read
+    missing = [n for n in before if not hasattr(C, n)]
+    assert not missing, f"gagpo.credit lost {missing}"
+    assert set(C.__all__) <= set(dir(C))
+    assert C.bootstrap_ci is stats.bootstrap_ci and C.credit_table is reports.credit_table and C.run_configs is harness.run_configs
+
+
 def test_profiles_share_one_budget_and_the_ablations_keep_the_batch():
     prof = C.get_profile("keydoor", quick=False)
     cfgs = [prof.config(a, 0) for a in prof.algos]
@@ -158,6 +95,33 @@ TINY = C.Profile("tiny", "toy_envs/OpenGrid-v0", {"size": 4}, env_step_budget=12
                  tasks_per_iter=2, group_size=4, eval_every=2, eval_episodes=8, label="OpenGrid 4x4")
 
 
+def test_finished_history_drops_a_last_line_cut_short(tmp_path):
+    cfg = TINY.config("grpo", 0, str(tmp_path))
+    os.makedirs(cfg.run_dir())
+    with open(os.path.join(cfg.run_dir(), "config.json"), "w") as fh:
+        json.dump(cfg.to_dict(), fh)
+    rows = [{"iteration": 1, "env_steps": 600, "success": 0.0}, {"iteration": 2, "env_steps": 1200, "success": 0.5}]
+    metrics = os.path.join(cfg.run_dir(), "metrics.jsonl")
+    with open(metrics, "w") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows) + '{"iteration": 3, "env_st')  # a crash mid-line
+    with pytest.warns(UserWarning, match="cut short"):
+        assert C.finished_history(cfg) == rows  # the budget (1200) was spent before the cut line
+    with open(metrics, "w") as fh:
+        fh.write(json.dumps(rows[0]) + "\n" + '{"iteration": 2, "env_st')
+    with pytest.warns(UserWarning, match="cut short"):
+        assert C.finished_history(cfg) is None  # what is left has not spent the budget: not finished
+
+
+def test_ablation_variants_follow_the_profile():
+    assert C.ABLATION_DEFAULTS == {"lam": 0.95, "gamma": 0.95, "group_size": 8, "norm": "mean_std", "anchor_match": "exact"}
+    small = dataclasses.replace(TINY, name="small", tasks_per_iter=4, group_size=4)  # 16 episodes per iteration
+    variants = {label: over for _, label, over in C.ablation_variants(["group_size"], small)}
+    assert variants == {"group_size=2": {"group_size": 2, "tasks_per_iter": 8}, "group_size=4": {},
+                        "group_size=8": {"group_size": 8, "tasks_per_iter": 2}, "group_size=16": {"group_size": 16, "tasks_per_iter": 1}}
+    with pytest.raises(ValueError, match="must divide the 8 episodes"):
+        C.ablation_variants(["group_size"], TINY)  # 2 x 4 episodes cannot hold a group of 16
+
+
 def test_harness_writes_tidy_results_skips_finished_runs_and_learns(tmp_path, monkeypatch):
     root, figs = str(tmp_path / "runs"), str(tmp_path / "figures")
     out = C.credit("opengrid", profile=TINY, root=root, figures_dir=figs, workers=2, progress=False)
@@ -181,7 +145,7 @@ def test_harness_writes_tidy_results_skips_finished_runs_and_learns(tmp_path, mo
             ev = [float(r["eval_success"]) for r in hist if r["algo"] == "gagpo" and r["seed"] == s and r["eval_success"] != ""]
             assert ev[-1] > ev[0], (s, ev)
     # a rerun trains nothing: every run is finished
-    monkeypatch.setattr(C, "_train_one", lambda cfg: pytest.fail(f"retrained {cfg['out_dir']}"))
+    monkeypatch.setattr(harness, "_train_one", lambda cfg: pytest.fail(f"retrained {cfg['out_dir']}"))
     again = C.run_configs([TINY.config(a, s, root) for s in TINY.seeds for a in TINY.algos], workers=1, progress=False)
     assert [len(h) for h in again] == [len([r for r in rows if (r["algo"], r["seed"]) == (a, str(s))]) for s in TINY.seeds for a in TINY.algos]
     # a report of partial results: a third seed was never trained
@@ -214,6 +178,9 @@ def test_ablations_on_a_tiny_budget(tmp_path):
     assert os.path.exists(os.path.join(figs, "ablation_norm.png"))
     text = open(os.path.join(figs, "ablation_keydoor.md")).read()
     assert "## norm" in text and "norm=none" in text and "**norm**" in text
+    # the setting is read from the runs' configuration, not written in: this profile has G = 4 and 2 x 4 episodes
+    assert "(λ 0.95, γ 0.95, G 4, mean_std, exact anchors); budget 500 env steps per run, seeds [0]" in text
+    assert "keep 8 episodes per iteration (tasks per iteration = 8 / G)" in text and "Jaccard ≥ 0.8" in text
     assert {r["variant"] for r in out["rows"]} == {"norm=none", "norm=mean", "default"}  # the default run once
     # the default variant trains in the same directory as the head-to-head's GAGPO run
     assert os.path.isdir(os.path.join(str(tmp_path / "runs"), "tiny", "gagpo-seed0"))
@@ -268,3 +235,34 @@ def test_a_table_is_compared_with_the_committed_report(tmp_path):
     assert text.count("this run:") == 1
     assert C.compare_with_committed(table, FIGURES_DIR, "credit_keydoor.md") is None  # written there: nothing to compare
     assert C.compare_with_committed(table, str(tmp_path), "no_such_report.md") is None
+
+
+def _without_cost(text: str) -> list[str]:
+    """A report's lines but its last sentence, which measures what producing it cost on the machine that did."""
+    return [line for line in text.rstrip("\n").split("\n") if not line.startswith("Produced by")]
+
+
+def test_the_committed_reports_are_rebuilt_from_their_csv_and_profile():
+    """Every sentence of the committed reports but the cost is rebuilt from the CSV and the profile's
+    configuration: nothing about the setting is written in by hand."""
+    from gagpo.plotting import FIGURES_DIR
+    from gagpo.reports import ablation_markdown, credit_markdown
+    from gagpo.tables import read_csv
+
+    rows = read_csv(os.path.join(FIGURES_DIR, "credit_keydoor.csv"))
+    runs = C.histories_by(rows)
+    n_runs = sum(len(h) for h in runs.values())
+    text = credit_markdown(C.get_profile("keydoor", quick=False), "full profile", sorted({int(r["seed"]) for r in rows}),
+                         C.summarise(runs), n_runs, n_runs, "Produced by ...")
+    assert _without_cost(text) == _without_cost(open(os.path.join(FIGURES_DIR, "credit_keydoor.md"), encoding="utf-8").read())
+
+    rows = read_csv(os.path.join(FIGURES_DIR, "ablation_keydoor_quick.csv"))
+    prof = C.ABLATION_PROFILES[True]
+    sections = []
+    for abl, (fld, _) in C.ABLATIONS.items():
+        by_variant = C.histories_by([r for r in rows if r["variant"] == "default" or r["variant"].startswith(fld + "=")], key="variant")
+        runs = {label: by_variant["default" if not over else label] for _, label, over in C.ablation_variants([abl], prof)}
+        summary = C.summarise(runs)
+        sections += [f"## {abl}", "", C.ablation_table(summary), "", C.ablation_reading(abl, summary), ""]
+    text = ablation_markdown(prof, "quick profile", list(prof.seeds), prof.config("gagpo", 0), sections, 1, 1, "Produced by ...")
+    assert _without_cost(text) == _without_cost(open(os.path.join(FIGURES_DIR, "ablation_keydoor_quick.md"), encoding="utf-8").read())

@@ -96,7 +96,7 @@ def test_a_kernel_that_nans_on_fully_masked_rows_breaks_left_padding_but_not_the
 
 
 def test_engine_names_and_the_shared_fast_path(policy):
-    assert set(ENGINES) == {"hf", "hf-compiled", "hf-shared"}
+    assert set(ENGINES) == {"hf", "hf-compiled", "hf-continuous", "hf-shared"}
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("vllm", policy)
     with pytest.raises(ValueError, match="unknown engine"):
@@ -156,6 +156,25 @@ def test_static_cache_engine_matches_the_dynamic_one_and_pads_batches(path):
     dynamic = HFEngine(pol).generate(prompts, greedy)
     static = HFEngine(pol, compile=True).generate(prompts, greedy)
     assert static.response_ids == dynamic.response_ids and len(static.response_ids) == 3
+
+
+def test_continuous_batching_engine_matches_the_padded_one(path):
+    """``hf-continuous`` (transformers' continuous batching; slow on a CPU, meant for GPUs): same greedy
+    responses as padded batches, and seeded sampling is reproducible."""
+    pol = LMPolicy.from_pretrained(path, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # larger random weights: different prompts, different greedy responses
+        for p in pol.model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    prompts = pol.encode_prompts([pol.render(t) for t in TEXTS])
+    greedy = SamplingSettings(max_new_tokens=5, greedy=True)
+    engine = make_engine("hf-continuous", pol)
+    padded = HFEngine(pol).generate(prompts, greedy).response_ids
+    assert len({tuple(r) for r in padded}) > 1  # rows that a mix-up would reveal
+    assert engine.generate(prompts, greedy).response_ids == padded
+    sampled = SamplingSettings(max_new_tokens=5)
+    a, b = engine.generate(prompts, sampled, seed=3), engine.generate(prompts, sampled, seed=3)
+    assert a.response_ids == b.response_ids and all(len(r) <= 5 for r in a.response_ids)
 
 
 def test_generation_does_not_depend_on_training_options(path):

@@ -352,3 +352,103 @@ def test_random_policy_rarely_solves_keydoor():
         wins += _uniform_returns(env, seed, 1.0, 1, rng)[0] > 0
     assert np.mean(exact) < 0.05  # exact success probability within the step limit, averaged over tasks
     assert wins < 10  # the same over 200 sampled episodes
+
+
+# ------------------------------------------------------------------ MiniHousehold difficulty levels
+def _household_fingerprint(kwargs: dict, seeds, episodes: int = 2, steps: int = 30) -> str:
+    """SHA-256 of everything MiniHousehold shows for ``seeds``: each task's whole exact model (every
+    state's observation, admissible commands, transitions, rewards, terminations), its task text, and
+    the observation/reward/info stream of seeded random action sequences (valid commands by name and
+    by index, and invalid ones)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for seed in seeds:
+        env = make("toy_envs/MiniHousehold-v0", **kwargs)
+        obs, info = env.reset(seed=seed)
+        m = env.unwrapped.exact_model()
+        h.update(json.dumps([m.obs_text, m.actions, m.next_state, m.reward, m.terminal, m.initial_state,
+                             info["task"]]).encode())
+        rng = np.random.default_rng([seed, 99])
+        for _ in range(episodes):
+            for _ in range(steps):
+                adm = info["admissible_actions"]
+                u = rng.random()
+                action = ("fly to the moon" if u < 0.1 else int(rng.integers(len(adm))) if u < 0.5
+                          else adm[int(rng.integers(len(adm)))])
+                obs, r, term, trunc, info = env.step(action)
+                h.update(json.dumps([obs, r, term, trunc, info["admissible_actions"], info["won"],
+                                     info["invalid_action"], info["feedback"], info["state_id"]]).encode())
+                if term or trunc:
+                    break
+            obs, info = env.reset(seed=seed)
+        env.close()
+    return h.hexdigest()
+
+
+# Recorded from the code before MiniHousehold had levels (committed benchmark CSVs depend on it): the
+# default, and level 3 named explicitly, must reproduce it exactly.
+HOUSEHOLD_BEFORE_LEVELS = [
+    ({}, list(range(48)) + list(range(10_000, 10_016)),
+     "33c8d86d976b06d56e1c78b6dd555afa0793d630da7a7b2be066e2bdce6e1bcd"),
+    (dict(n_receptacles=3, n_closed=1, n_distractors=0), range(16),
+     "fad8be5943d8ca5bb703139fc75b0c89a0f4cf7be4d582794c7b0c0a87d4a97b"),
+    (dict(n_receptacles=6, n_closed=3, n_distractors=0), range(4),
+     "a90cc5e847d8d11fa372b237c17488b533f9a264de1cc69de236a7fa530afcb6"),
+    (dict(invalid_penalty=0.25, n_distractors=2), range(4),
+     "68a63162b48c986eea5eeb2d513f1749ff309765d4add57dc3c1893a4184de7b"),
+]
+
+
+@pytest.mark.parametrize("explicit_level", [False, True])
+@pytest.mark.parametrize("kwargs, seeds, expected", HOUSEHOLD_BEFORE_LEVELS)
+def test_household_default_level_reproduces_the_environment_before_levels(kwargs, seeds, expected, explicit_level):
+    if explicit_level:
+        kwargs = {**kwargs, "level": 3}
+    assert _household_fingerprint(kwargs, seeds) == expected
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_household_levels(level):
+    """Level 1: pick-and-place among three surfaces, always 4 commands; level 2: closed receptacles,
+    still pick-and-place; level 3: the cool and heat tasks too. Every task is solvable, and the
+    levels differ in size as documented."""
+    env = make("toy_envs/MiniHousehold-v0", level=level)
+    kinds, n_receptacles, n_closed, n_distractors = toy_envs.household.LEVELS[level]
+    lengths, task_words, states = [], set(), []
+    for seed in range(40):
+        obs, info = env.reset(seed=seed)
+        task = env.unwrapped._compiled.task
+        assert len(task.receptacles) == n_receptacles and sum(task.closable) == n_closed
+        assert len(task.objects) == 1 + n_distractors and task.kind in kinds
+        model = env.unwrapped.exact_model()
+        solution = shortest_solution(model)
+        lengths.append(len(solution))
+        states.append(model.n_states)
+        task_words.add(info["task"].split()[2])  # "put a cool apple in ..." -> "cool"
+        for command in solution:
+            obs, reward, terminated, _, info = env.step(command)
+        assert reward == 1.0 and terminated and info["won"]
+    if level == 1:
+        assert set(lengths) == {4} and "(closed)" not in obs and max(states) < 50
+        assert task_words <= set(toy_envs.household.FOODS)
+    if level == 2:
+        assert min(lengths) >= 4 and max(lengths) > 4 and task_words <= set(toy_envs.household.FOODS)
+    if level == 3:
+        assert {"cool", "hot"} <= task_words
+
+
+@pytest.mark.parametrize("kwargs", [dict(level=0), dict(level=4), dict(level=True), dict(level=1, n_closed=1),
+                                    dict(level=2, n_closed=0), dict(level=2, n_receptacles=2)])
+def test_household_bad_levels_raise(kwargs):
+    with pytest.raises(ValueError):
+        MiniHouseholdEnv(**kwargs)
+
+
+def test_household_level_sizes_can_be_overridden():
+    env = MiniHouseholdEnv(level=1, n_receptacles=5, n_distractors=2)
+    env.reset(seed=3)
+    task = env._compiled.task
+    assert len(task.receptacles) == 5 and len(task.objects) == 3 and not any(task.closable)
+    assert MiniHouseholdEnv(level=2)._config != MiniHouseholdEnv(level=3, n_receptacles=4)._config  # cache keys

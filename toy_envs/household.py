@@ -6,6 +6,11 @@ before anything can be taken from or put into them, and their contents are unkno
 have been opened once; surfaces (countertops, tables, ...) are always in view. Only food can be
 heated or cooled; the agent carries at most one object.
 
+Three difficulty levels (``level``, default 3) share these rules and differ in the kitchen and the
+task mix: 1 is pick-and-place in a small kitchen of surfaces only; 2 adds closed receptacles (still
+pick-and-place); 3 is the full mix of plain, cooled and heated tasks (what the environment was before
+it had levels: the same observations and rewards for the same seeds and actions).
+
 The observation is the agent's whole knowledge in a fixed format: the task, where the agent is
 and what it sees there, what it carries, and one line listing every receptacle with what the
 agent knows of it. A receptacle never opened is "closed" with unknown contents, which can only be
@@ -33,6 +38,14 @@ TEMPERATURES = ("", "hot ", "cool ")  # temperature -> adjective in text
 # Status of a receptacle in the state.
 UNOPENED, OPEN, CLOSED_SEEN = 0, 1, 2
 MIDDLE, HELD = -1, -1  # agent location before the first move; position of a carried object
+
+#: Difficulty level -> (task kinds, n_receptacles, n_closed, n_distractors) at that level's defaults.
+LEVELS: dict[int, tuple[tuple[str, ...], int, int, int]] = {
+    1: (("pick",), 3, 0, 0),  # pick-and-place among three surfaces: every object in view, 4 commands
+    2: (("pick",), 4, 2, 1),  # + closed receptacles to open (what is inside is unknown until then)
+    3: (TASK_KINDS, 5, 2, 1),  # + cooling with the fridge and heating with the microwave
+}
+DEFAULT_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -66,18 +79,35 @@ class MiniHouseholdEnv(TabularTextEnv):
     ``cool O with fridge 1``, ``heat O with microwave 1``, ``look``, ``inventory`` (the last two
     change nothing). Reward 1 and termination when the task's food item is in the target
     receptacle with the required temperature. Registered as ``toy_envs/MiniHousehold-v0`` with
-    ``max_episode_steps=30``. At the defaults a task has about 2,000 states (up to about 3,600),
-    its shortest solution takes 4 to 7 commands, and the uniform random policy succeeds in about
-    1% of episodes within 30 steps.
+    ``max_episode_steps=30``. At the defaults (level 3) a task has about 2,000 states (up to about
+    3,600), its shortest solution takes 4 to 7 commands, and the uniform random policy succeeds in
+    about 1% of episodes within 30 steps.
+
+    Levels (:data:`LEVELS`; the size arguments below default to the level's values):
+
+    ====  =======================  ============  ========  ===========
+    level tasks                    receptacles   closed    distractors
+    ====  =======================  ============  ========  ===========
+    1     pick-and-place           3             0         0
+    2     pick-and-place           4             2         1
+    3     pick, cool, heat (mix)   5             2         1
+    ====  =======================  ============  ========  ===========
+
+    A level-1 task has 11 states and is always solved in 4 commands (go to the food, take it, go to
+    the target, move it there); the uniform random policy solves about 28% of them within 30 steps.
+    Level 2 adds opening closed receptacles: about 700 states (up to about 1,100), 4 to 6 commands,
+    about 6% for the random policy.
 
     Args:
-        n_receptacles: receptacles in the kitchen (3 to 7; default 5).
-        n_closed: how many of them open and close (1 to 3, fewer than ``n_receptacles``;
-            default 2): the fridge for a cool task, the microwave for a heat task, the rest drawn
-            from cabinets, drawers and the two appliances; the others are surfaces.
-        n_distractors: non-food objects lying around (0 to 2; default 1).
+        n_receptacles: receptacles in the kitchen (3 to 7; default: the level's).
+        n_closed: how many of them open and close (0 at level 1; otherwise 1 to 3, fewer than
+            ``n_receptacles``; default: the level's): the fridge for a cool task, the microwave for
+            a heat task, the rest drawn from cabinets, drawers and the two appliances; the others
+            are surfaces.
+        n_distractors: non-food objects lying around (0 to 2; default: the level's).
         render_mode: None or "ansi".
         invalid_penalty: subtracted from the reward of an inadmissible action (default 0).
+        level: difficulty, 1, 2 or 3 (default 3, the full task mix).
 
     Example observation (one line each)::
 
@@ -90,27 +120,40 @@ class MiniHouseholdEnv(TabularTextEnv):
     MAX_OBS_LENGTH = 1024
     _CACHE_SIZE = 16  # a compiled kitchen takes a few MB
 
-    def __init__(self, n_receptacles: int = 5, n_closed: int = 2, n_distractors: int = 1,
-                 render_mode: str | None = None, invalid_penalty: float = 0.0):
+    def __init__(self, n_receptacles: int | None = None, n_closed: int | None = None,
+                 n_distractors: int | None = None, render_mode: str | None = None,
+                 invalid_penalty: float = 0.0, level: int = DEFAULT_LEVEL):
         super().__init__(render_mode=render_mode, invalid_penalty=invalid_penalty)
+        if isinstance(level, bool) or level not in LEVELS:
+            raise ValueError(f"unknown level {level!r}; expected one of {sorted(LEVELS)}")
+        kinds, default_receptacles, default_closed, default_distractors = LEVELS[level]
+        n_receptacles = default_receptacles if n_receptacles is None else n_receptacles
+        n_closed = default_closed if n_closed is None else n_closed
+        n_distractors = default_distractors if n_distractors is None else n_distractors
         if isinstance(n_receptacles, bool) or n_receptacles not in range(3, 8):
             raise ValueError(f"n_receptacles must be an integer in [3, 7]; got {n_receptacles!r}")
-        if isinstance(n_closed, bool) or n_closed not in range(1, min(3, n_receptacles - 1) + 1):
+        if level == 1:
+            if isinstance(n_closed, bool) or n_closed != 0:
+                raise ValueError(f"level 1 has no closed receptacles: n_closed must be 0; got {n_closed!r}")
+        elif isinstance(n_closed, bool) or n_closed not in range(1, min(3, n_receptacles - 1) + 1):
             raise ValueError(f"n_closed must be an integer in [1, min(3, n_receptacles - 1)]; "
                              f"got {n_closed!r}")
         if isinstance(n_distractors, bool) or n_distractors not in range(0, 3):
             raise ValueError(f"n_distractors must be an integer in [0, 2]; got {n_distractors!r}")
+        self.level = int(level)
+        self.task_kinds: tuple[str, ...] = kinds
         self.n_receptacles = int(n_receptacles)
         self.n_closed = int(n_closed)
         self.n_distractors = int(n_distractors)
 
     @property
     def _config(self) -> tuple:
-        return (self.n_receptacles, self.n_closed, self.n_distractors)
+        return (self.level, self.n_receptacles, self.n_closed, self.n_distractors)
 
     # ----------------------------------------------------------------------- task draws
     def _propose_task(self, rng: np.random.Generator) -> HouseholdTask:
-        kind = TASK_KINDS[int(rng.integers(len(TASK_KINDS)))]
+        # Level 3 draws exactly as the environment did before it had levels (same random numbers).
+        kind = self.task_kinds[int(rng.integers(len(self.task_kinds)))]
         closed = {"pick": [], "cool": [FRIDGE], "heat": [MICROWAVE]}[kind]
         spare = [r for r in STORAGE + (FRIDGE, MICROWAVE) if r not in closed]
         closed += [spare[i] for i in rng.choice(len(spare), size=self.n_closed - len(closed), replace=False)]

@@ -13,20 +13,24 @@ constructing the environment needs it (``pip install -e ".[alfworld]"``) and its
 
     pool = gagpo.envs.ProcessEnvPool(gagpo.envs.EnvFactory("gagpo/ALFWorld-v0"), n_workers=2)
     # gagpo.rollout.collect(pool, policy, task_seeds, group_size) steps the games in 2 processes
+
+The environment protocol is explicit: :class:`EnvInfo` (the ``info`` keys) and :class:`EnvPoolProtocol`
+(what a pool offers) in :mod:`gagpo.envs.pool`; how a language model talks to an environment (prompt,
+text -> command, anchor key, evaluation splits) is its :class:`EnvAdapter` (:mod:`gagpo.envs.adapter`,
+``adapter_for(env_id)``).
 """
 from __future__ import annotations
 
 import gymnasium as gym
 
 from .factory import EnvFactory, ensure_registered
+from .pool import REQUIRED_INFO_KEYS, EnvInfo, EnvPool, EnvPoolProtocol, ProcessEnvPool, RemoteEnv
 from .alfworld import (
     DATA_SUBDIR,
     FIXTURES_DIR,
     SPLITS,
     TASK_TYPES,
     AlfworldEnv,
-    ProcessEnvPool,
-    RemoteEnv,
     list_games,
     resolve_data_dir,
 )
@@ -47,10 +51,27 @@ __all__ = [
     "SPLITS",
     "TASK_TYPES",
     "AlfworldEnv",
+    "EnvAdapter",
     "EnvFactory",
+    "EnvInfo",
+    "EnvPool",
+    "EnvPoolProtocol",
+    "REQUIRED_INFO_KEYS",
     "ProcessEnvPool",
     "RemoteEnv",
     "list_games",
     "resolve_data_dir",
+    "adapter_for",
     "ensure_registered",
+    "register_adapter",
 ]
+
+
+def __getattr__(name: str):
+    """The adapter API (:mod:`gagpo.envs.adapter`) on first use: it reads :mod:`gagpo.llm.prompts`, which
+    worker processes that only build environments need not import."""
+    if name in ("EnvAdapter", "adapter_for", "register_adapter"):
+        from . import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ def ensure_registered(env_id: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class EnvFactory:
-    """A picklable ``make_env`` (for :class:`gagpo.rollout.EnvPool` and ``ProcessEnvPool``): ``gym.make(env_id, ...)`` in the worker.
+    """A picklable ``make_env`` (for :class:`gagpo.envs.pool.EnvPool` and :class:`gagpo.envs.pool.ProcessEnvPool`): ``gym.make(env_id, ...)`` in the worker.
 
     ``max_steps > 0`` overrides the registered step limit; ``kwargs`` go to the env's constructor.
     For an id ``"namespace/Name-v0"`` the module ``namespace.envs`` (for ``gagpo``) or ``namespace``

@@ -56,10 +56,12 @@ import torch
 
 __all__ = ["RolloutEngine", "HFEngine", "ENGINES", "make_engine"]
 
-ENGINES = ("hf", "hf-compiled", "hf-shared")
+ENGINES = ("hf", "hf-compiled", "hf-continuous", "hf-shared")
 """Engine names of ``--engine``: ``hf`` (serving copy, eager), ``hf-compiled`` (serving copy, static
-cache + torch.compile; GPU), ``hf-shared`` (generate with the training model itself, under autocast —
-what this project did before the engine seam; kept for comparison)."""
+cache + torch.compile; GPU), ``hf-continuous`` (serving copy, ``transformers``' continuous batching:
+a finished response frees its slot at once; GPU-oriented, slow on a CPU), ``hf-shared`` (generate
+with the training model itself, under autocast — what this project did before the engine seam; kept
+for comparison)."""
 
 
 @runtime_checkable
@@ -79,6 +81,8 @@ def make_engine(name: str, policy: Any) -> "HFEngine":
         return HFEngine(policy)
     if name == "hf-compiled":
         return HFEngine(policy, compile=True)
+    if name == "hf-continuous":
+        return HFEngine(policy, continuous=True)
     if name == "hf-shared":
         return HFEngine(policy, serving_copy=False)
     raise ValueError(f"unknown engine {name!r}; expected one of {list(ENGINES)}")
@@ -105,15 +109,23 @@ class HFEngine:
         serving_copy: keep a copy of the weights in the serving dtype (merged adapters with LoRA);
             ``False`` generates with the training model itself (under the policy's autocast).
         dtype: the serving dtype; default: the policy's autocast dtype, else its weight dtype.
-        compile: static KV cache + ``torch.compile`` (CUDA only; ignored on a CPU).
+        compile: generate with a static KV cache, which ``transformers`` compiles with
+            ``torch.compile`` on CUDA (on a CPU: the static cache without compilation).
+        continuous: ``transformers``' continuous batching (``model.generate_batch``: paged KV cache,
+            requests scheduled token by token, so a response that ends frees its slot for the next
+            prompt instead of padding until the longest one ends). All prompts of a call form one
+            request queue; ``seed`` seeds torch once before it.
     """
 
     def __init__(self, policy: Any, *, serving_copy: bool = True, dtype: torch.dtype | None = None,
-                 compile: bool = False):
+                 compile: bool = False, continuous: bool = False):
+        if compile and continuous:
+            raise ValueError("compile and continuous are two different engines: choose one")
         self.policy = policy
         self.serving_copy = serving_copy
         self.dtype = dtype
         self.compile = compile
+        self.continuous = continuous
         self._model: Any = None
         self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []     # (serving weight, trainable weight)
         self._lora: list[tuple[torch.Tensor, Any]] = []               # (serving weight, peft LoRA layer)
@@ -188,8 +200,8 @@ class HFEngine:
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Any, seed: int | None = None) -> Any:
-        """Sample one response per prompt in batches of ``policy.gen_batch_size`` (see
-        :meth:`gagpo.llm.policy.LMPolicy.generate`)."""
+        """Sample one response per prompt (see :meth:`gagpo.llm.policy.LMPolicy.generate`); responses
+        stop at, and include, the first end-of-sequence token."""
         from transformers import GenerationConfig
 
         from .policy import Generation
@@ -198,7 +210,7 @@ class HFEngine:
         self._refresh_if_stale()
         model = self.model
         tok = policy.tokenizer
-        compiled = self.compile and policy.device.type == "cuda"
+        static = self.compile and not self.continuous
         gen_cfg = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=not sampling.greedy,
             temperature=None if sampling.greedy else sampling.temperature,
@@ -206,31 +218,52 @@ class HFEngine:
             top_k=None if sampling.greedy else sampling.top_k,
             repetition_penalty=1.0, pad_token_id=tok.pad_token_id,
             eos_token_id=policy.eos_token_ids or None, bos_token_id=tok.bos_token_id, use_cache=True,
-            **({"cache_implementation": "static"} if compiled else {}),
+            **({"cache_implementation": "static"} if static else {}),
         )
+        rows = [list(r) for r in prompt_ids]
         autocast = policy._autocast() if model is policy.model else contextlib.nullcontext()
         was_training = model.training
         model.eval()
-        responses: list[list[int]] = []
-        finished: list[bool] = []
-        eos = set(policy.eos_token_ids)
-        rows = [list(r) for r in prompt_ids]
         try:
-            for k, start in enumerate(range(0, len(rows), policy.gen_batch_size)):
-                chunk = rows[start:start + policy.gen_batch_size]
-                n_real = len(chunk)
-                if compiled and n_real < policy.gen_batch_size:  # one batch shape: the compiled graph is reused
-                    chunk = chunk + [chunk[-1]] * (policy.gen_batch_size - n_real)
-                ids, attn = policy.pad_prompts(chunk)
-                if seed is not None:
-                    torch.manual_seed(seed + k)
-                with autocast:
-                    out = model.generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg)
-                for row in out[:n_real, ids.shape[1]:].tolist():
-                    cut = next((t + 1 for t, token in enumerate(row) if token in eos), None)
-                    responses.append(row if cut is None else row[:cut])
-                    finished.append(cut is not None)
+            with autocast:
+                raw = (self._continuous(model, rows, gen_cfg, seed) if self.continuous
+                       else self._batched(model, rows, gen_cfg, seed, pad_batches=static))
         finally:
             model.train(was_training)
+        eos = set(policy.eos_token_ids)
+        responses, finished = [], []
+        for row in raw:
+            cut = next((t + 1 for t, token in enumerate(row) if token in eos), None)
+            responses.append(row if cut is None else row[:cut])
+            finished.append(cut is not None)
         texts = tok.batch_decode(responses, skip_special_tokens=True)
         return Generation(texts=texts, response_ids=responses, prompt_ids=rows, finished=finished)
+
+    def _batched(self, model: Any, rows: list[list[int]], gen_cfg: Any, seed: int | None,
+                 pad_batches: bool) -> list[list[int]]:
+        """``generate()`` on batches of ``gen_batch_size`` padded prompts; ``seed + k`` seeds batch k.
+        ``pad_batches`` fills the last batch with copies of its last prompt (one shape for a static cache)."""
+        policy, out_rows = self.policy, []
+        for k, start in enumerate(range(0, len(rows), policy.gen_batch_size)):
+            chunk = rows[start:start + policy.gen_batch_size]
+            n_real = len(chunk)
+            if pad_batches and n_real < policy.gen_batch_size:
+                chunk = chunk + [chunk[-1]] * (policy.gen_batch_size - n_real)
+            ids, attn = policy.pad_prompts(chunk)
+            if seed is not None:
+                torch.manual_seed(seed + k)
+            out = model.generate(input_ids=ids, attention_mask=attn, generation_config=gen_cfg)
+            out_rows += out[:n_real, ids.shape[1]:].tolist()
+        return out_rows
+
+    def _continuous(self, model: Any, rows: list[list[int]], gen_cfg: Any, seed: int | None) -> list[list[int]]:
+        """``generate_batch()``: every prompt is one request of a continuously batched queue."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate_batch(rows, generation_config=gen_cfg, progress_bar=False,
+                                   warmup=self.policy.device.type == "cuda")
+        missing = [i for i in range(len(rows)) if f"req_{i}" not in out]
+        if missing:
+            raise RuntimeError(f"continuous batching returned no result for prompts {missing[:5]} (request ids "
+                               f"{sorted(out)[:5]}): this transformers version names its requests differently")
+        return [list(out[f"req_{i}"].generated_tokens) for i in range(len(rows))]

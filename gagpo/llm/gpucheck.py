@@ -20,7 +20,8 @@ own process with its own time limit (a hung or crashed step is reported, the oth
 4. ``bench-*`` — ``python -m gagpo bench lm`` (batch 64, 512 prompt + 256 new tokens) for 0.5B and
    1.5B, full-parameter and LoRA, with the decode time per step next to the weight-read bound; with
    ``--compare-engines`` also the 0.5B full-parameter run with the ``hf-shared`` engine (generation
-   with the training weights, as before the engine seam) and the ``hf-compiled`` engine.
+   with the training weights, as before the engine seam), the ``hf-continuous`` engine (continuous
+   batching) and the ``hf-compiled`` engine (static cache + ``torch.compile``).
 
 The report (``--out``, default ``figures/gpu_check.md``, and a ``.csv`` of every measured row beside
 it) is rewritten after every step, so an interrupted check still leaves what it measured. The
@@ -49,7 +50,8 @@ STEPS: tuple[tuple[str, int], ...] = (
     ("resume", 90), ("bench-0.5b-full", 120), ("bench-0.5b-lora", 120), ("bench-1.5b-full", 150),
     ("bench-1.5b-lora", 150),
 )
-COMPARE_STEPS: tuple[tuple[str, int], ...] = (("bench-0.5b-full-shared", 120), ("bench-0.5b-full-compiled", 240))
+COMPARE_STEPS: tuple[tuple[str, int], ...] = (("bench-0.5b-full-shared", 120), ("bench-0.5b-full-continuous", 150),
+                                              ("bench-0.5b-full-compiled", 240))
 
 GEN_TARGET = 8000.0      #: generated tokens/s the issue asks of the hf engine (0.5B, batch 64, 512 + 256 tokens)
 ITERATION_TARGET = 180.0  #: seconds: the recipe-iteration extrapolation target, full-parameter 0.5B
@@ -307,7 +309,8 @@ def step_bench(args: argparse.Namespace, name: str) -> dict[str, Any]:
 
     parts = name.split("-")  # bench-0.5b-full[-shared|-compiled]
     model = "tiny" if args.quick else f"qwen2.5-{parts[1]}"
-    engine = {"shared": "hf-shared", "compiled": "hf-compiled"}.get(parts[3] if len(parts) > 3 else "", "hf")
+    engine = {"shared": "hf-shared", "compiled": "hf-compiled", "continuous": "hf-continuous"}.get(
+        parts[3] if len(parts) > 3 else "", "hf")
     workload = dict(batch=4, prompt_tokens=32, new_tokens=8, micro_batch=2) if args.quick else \
         dict(batch=64, prompt_tokens=512, new_tokens=256, micro_batch=8)
     s = LMBenchSettings(model_config=model, device=args.device, lora_r=16 if parts[2] == "lora" else 0, engine=engine,
@@ -473,7 +476,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--quick", action="store_true", help="tiny shapes and budgets (a smoke test, also on a CPU)")
     p.add_argument("--compare-engines", action="store_true",
                    help="also bench the 0.5B full-parameter run with the hf-shared engine (generation with the training "
-                        "weights, as before the engine seam) and the hf-compiled engine (static cache + torch.compile)")
+                        "weights, as before the engine seam), the hf-continuous engine (continuous batching) and the "
+                        "hf-compiled engine (static cache + torch.compile)")
     p.add_argument("--out", default="figures/gpu_check.md", help="the Markdown report; a .csv beside it (default: %(default)s)")
     p.add_argument("--work-dir", default="runs/gpu-check", help="models, runs and step logs (default: %(default)s)")
     p.add_argument("--only", nargs="+", default=None, metavar="STEP",

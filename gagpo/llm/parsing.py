@@ -12,6 +12,11 @@ The model is asked to reason inside ``<think>…</think>`` and to answer inside 
 3. optionally (``require_think=True``) the response must also hold a ``<think>…</think>`` pair
    before the action.
 
+An environment with free-text commands (MiniShop's ``search[red cotton shirt]``) passes a pattern as
+``free_text``: a command that is not admissible but matches the pattern as a whole (after the same
+normalisation) is valid too, and is returned normalised. Its environment adapter
+(:mod:`gagpo.envs.adapter`) holds that pattern.
+
 Anything else is *invalid*: the rollout penalises it and sends the environment a no-op.
 This module knows strings only: no tokenizer, no environment, no model.
 """
@@ -54,13 +59,18 @@ def normalize_command(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def parse_action(response: object, admissible: Sequence[str], *, require_think: bool = False) -> ParsedAction:
+def parse_action(response: object, admissible: Sequence[str], *, require_think: bool = False,
+                 free_text: str | re.Pattern | None = None) -> ParsedAction:
     """Extract the last ``<action>…</action>`` of ``response`` and match it against ``admissible``.
 
     Args:
         response: the model's decoded response (anything: a non-string is reported as invalid).
         admissible: the commands the environment accepts in the current state.
         require_think: also demand a ``<think>…</think>`` pair before the action.
+        free_text: a regular expression (or ``None``: none); a command outside ``admissible`` that it
+            matches in full (``re.fullmatch`` on the normalised command) is valid and returned
+            normalised, e.g. ``r"search\\[[^\\]]+\\]"`` accepts ``"Search[ red  shoes]"`` as
+            ``"search[ red shoes]"``.
 
     Returns:
         A :class:`ParsedAction`. Examples::
@@ -90,4 +100,6 @@ def parse_action(response: object, admissible: Sequence[str], *, require_think: 
     for command in admissible:
         if isinstance(command, str) and normalize_command(command) == wanted:
             return ParsedAction(command, True, "ok")
+    if free_text is not None and re.fullmatch(free_text, wanted):
+        return ParsedAction(wanted, True, "ok")
     return ParsedAction(raw, False, "not admissible")

@@ -10,33 +10,39 @@ policy that sampled them.
 One step of one episode:
 
 1. the prompt is built from the task, the current observation, the last ``history`` (observation,
-   action) pairs and the admissible actions (:mod:`gagpo.llm.prompts`);
-2. the model samples a response; :func:`gagpo.llm.parsing.parse_action` reads its last
-   ``<action>…</action>``;
+   action) pairs and the admissible actions (the environment's adapter, :mod:`gagpo.envs.adapter`:
+   :mod:`gagpo.llm.prompts` with its template);
+2. the model samples a response; the adapter projects it onto a command
+   (:func:`gagpo.llm.parsing.parse_action` on its last ``<action>…</action>``: an admissible command,
+   or a free-text one the adapter accepts);
 3. a valid action is sent to the environment in the environment's own spelling. An *invalid* one —
    tags missing, or a command that is not admissible — is penalised: ``invalid_penalty`` is
    subtracted from that step's reward, and the environment receives a no-op (the inadmissible
    command itself, or :data:`NO_ACTION` when there was none; the toy environments and ALFWorld
    answer both with "Nothing happens"-style no-ops). The episode goes on; nothing raises.
 
-Environments follow the ``toy_envs`` protocol: text observations, ``info["admissible_actions"]``,
-``info["won"]`` at the end, optionally ``info["task"]`` (else the task is read from the observation's
-"Your task is to: …" line). Keep the environment's own ``invalid_penalty`` at 0, or invalid actions
-are penalised twice.
+Environments follow the protocol of :mod:`gagpo.envs.pool` (:class:`~gagpo.envs.pool.EnvInfo`): text
+observations, ``info["admissible_actions"]``, ``info["won"]`` at the end, optionally ``info["task"]``
+(else the default adapter reads the task from the observation's "Your task is to: …" line). The
+anchor key of each row is the adapter's ``anchor_key`` of the observation (the text itself by
+default). Keep the environment's own ``invalid_penalty`` at 0, or invalid actions are penalised twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from ..rollout import EnvPool, Rollout, rollout_fields
-from .parsing import parse_action
 from .policy import LMPolicy, SamplingSettings, unpad_rows
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_prompt, extract_task
+from .prompts import PromptTemplate
+
+if TYPE_CHECKING:  # gagpo.envs.adapter imports gagpo.llm's string modules: imported in collect_lm
+    from ..envs.adapter import EnvAdapter
 
 __all__ = ["LMRollout", "collect_lm", "NO_ACTION"]
 
@@ -49,7 +55,8 @@ class LMRollout(Rollout):
     """A :class:`~gagpo.rollout.Rollout` whose actions are generated text; extra per-row fields.
 
     Inherited fields keep their meaning with two LLM specifics: ``actions`` is the index of the chosen
-    command in ``admissible[i]`` or -1 for an invalid action, and ``logp`` is the log-probability of
+    command in ``admissible[i]`` or -1 for an invalid action (and for a valid free-text command outside
+    the list, e.g. a ``search[...]``), and ``logp`` is the log-probability of
     the whole response (the sum of ``token_logp[i]``; 0 when ``compute_logp=False``). ``invalid``
     marks invalid actions (rewards already include the penalty); ``traj_return`` sums the penalised
     rewards.
@@ -59,6 +66,10 @@ class LMRollout(Rollout):
     holds, for an episode cut by the step limit (its last row ``truncated``), the token ids of the
     prompt the policy would have seen at the observation where it was cut — what a learned critic
     needs to bootstrap :math:`V(s'_T)` — and an empty list for an episode that terminated.
+    ``traj_lost`` marks episodes whose environment was lost (its worker process crashed or hung and
+    was restarted, or its ``step`` raised: ``info["worker_restarted"]`` / ``info["env_error"]``): their
+    rows are left out of the batch (nothing is trained on a cut that the agent did not cause) and
+    they count neither as successes nor as failures (:attr:`~gagpo.rollout.Rollout.success_rate`).
     """
 
     prompts: list[str]                 # (N,) rendered prompt strings
@@ -75,6 +86,7 @@ class LMRollout(Rollout):
     dropped_history: int = 0           # prompts that lost history pairs to fit max_prompt_tokens
     traj_task_type: list[str] = field(default_factory=list)        # (n_traj,) reset info["task_type"] or ""
     bootstrap_prompt_ids: list[list[int]] = field(default_factory=list)  # (n_traj,) prompt at the cut, or []
+    traj_lost: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # (n_traj,) environment lost
 
     @property
     def format_error_rate(self) -> float:
@@ -95,9 +107,10 @@ def collect_lm(
     *,
     seed: int | None = None,
     compute_logp: bool = True,
-    template: PromptTemplate = DEFAULT_TEMPLATE,
+    template: PromptTemplate | None = None,
     max_prompt_tokens: int = 0,
     require_think: bool = False,
+    adapter: EnvAdapter | None = None,
 ) -> LMRollout:
     """Run ``group_size`` episodes from each task seed with a language-model policy.
 
@@ -112,9 +125,12 @@ def collect_lm(
         seed: seeds the sampling of time step t with ``seed + 1000 * t`` (reproducible on a CPU).
         compute_logp: score every response under the sampling policy afterwards (``token_logp``,
             ``logp``); switch off for evaluation.
-        template: the prompt wording.
+        template: the prompt wording (``None``: the adapter's).
         max_prompt_tokens: if > 0, drop history pairs (oldest first) from a prompt longer than this.
         require_think: also demand ``<think>…</think>`` for a valid action.
+        adapter: how to talk to the environment (:class:`~gagpo.envs.adapter.EnvAdapter`: task, prompt,
+            text -> command, anchor key); ``None``: the household default. The LM trainer passes
+            ``adapter_for(cfg.env)``.
 
     Returns:
         An :class:`LMRollout`.
@@ -125,7 +141,12 @@ def collect_lm(
         raise ValueError(f"history must be >= 0; got {history}")
     if invalid_penalty < 0:
         raise ValueError(f"invalid_penalty must be >= 0; got {invalid_penalty}")
+    from ..envs.adapter import DEFAULT_ADAPTER
+
     sampling = sampling or SamplingSettings()
+    adapter = adapter or DEFAULT_ADAPTER
+    if template is not None:
+        adapter = dataclasses.replace(adapter, template=template)
     n = len(task_seeds) * group_size
     group_of = np.repeat(np.arange(len(task_seeds)), group_size)
     task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
@@ -137,23 +158,24 @@ def collect_lm(
     bootstrap: list[list[int]] = [[] for _ in range(n)]
     for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
         obs[i], adm[i] = o, list(info["admissible_actions"])
-        task[i] = info.get("task") or extract_task(o)
+        task[i] = adapter.task(o, info)
         task_type[i] = str(info.get("task_type") or "")
 
     def make_prompt(i: int, observation: str, admissible: list[str]) -> tuple[str, list[int], bool]:
         """Episode i's prompt at ``observation``: (text, token ids, whether history pairs were dropped)."""
         k = min(history, len(past[i]))
         while True:
-            text = policy.render(build_prompt(task[i], observation, admissible, past[i][len(past[i]) - k:] if k else [],
-                                              len(past[i]), template))
+            text = policy.render(adapter.prompt(task[i], observation, admissible,
+                                                past[i][len(past[i]) - k:] if k else [], len(past[i])))
             ids = policy.encode_prompts([text])[0]
             if not max_prompt_tokens or len(ids) <= max_prompt_tokens or k == 0:
                 return text, ids, k < min(history, len(past[i]))
             k -= 1
     rows: dict[str, list] = {k: [] for k in (
-        "traj", "step", "obs", "next_obs", "adm", "action", "reward", "terminated", "truncated", "invalid",
-        "prompt", "response", "prompt_ids", "response_ids", "command", "reason", "finished")}
+        "traj", "step", "obs", "next_obs", "key", "next_key", "adm", "action", "reward", "terminated", "truncated",
+        "invalid", "prompt", "response", "prompt_ids", "response_ids", "command", "reason", "finished")}
     won = np.zeros(n, dtype=bool)
+    lost = np.zeros(n, dtype=bool)
     ret = np.zeros(n)
     steps = np.zeros(n, dtype=np.int64)
     active = list(range(n))
@@ -168,7 +190,7 @@ def collect_lm(
         t0 = time.perf_counter()
         gen = policy.generate(prompt_ids, sampling, seed=None if seed is None else seed + 1000 * t)
         gen_time += time.perf_counter() - t0
-        parsed = [parse_action(text, adm[i], require_think=require_think) for text, i in zip(gen.texts, active)]
+        parsed = [adapter.project(text, adm[i], require_think=require_think) for text, i in zip(gen.texts, active)]
         commands = [p.command if p.valid else (p.command or NO_ACTION) for p in parsed]
         results = pool.step_many(active, commands)
         still = []
@@ -181,8 +203,10 @@ def collect_lm(
             rows["step"].append(steps[i])
             rows["obs"].append(obs[i])
             rows["next_obs"].append(next_obs)
+            rows["key"].append(adapter.anchor_key(obs[i]))
+            rows["next_key"].append(adapter.anchor_key(next_obs))
             rows["adm"].append(adm[i])
-            rows["action"].append(adm[i].index(p.command) if p.valid else -1)
+            rows["action"].append(adm[i].index(p.command) if p.valid and p.command in adm[i] else -1)
             rows["reward"].append(reward)
             rows["terminated"].append(bool(terminated))
             rows["truncated"].append(bool(truncated) and not terminated)
@@ -199,6 +223,7 @@ def collect_lm(
             past[i].append((obs[i], commands[j]))
             if terminated or truncated:
                 won[i] = bool(info.get("won", False))
+                lost[i] = bool(info.get("worker_restarted") or info.get("env_error"))
                 if truncated and not terminated:  # the critic bootstraps from the prompt at the cut
                     bootstrap[i] = make_prompt(i, next_obs, list(info.get("admissible_actions") or []))[1]
             else:
@@ -206,6 +231,9 @@ def collect_lm(
                 still.append(i)
         active = still
         t += 1
+    if lost.any():  # episodes whose environment was lost: neither trained on nor counted (traj_lost)
+        keep = [k for k, i in enumerate(rows["traj"]) if not lost[i]]
+        rows = {name: [values[k] for k in keep] for name, values in rows.items()}
     token_logp: list[np.ndarray] = []
     seq_logp = np.zeros(len(rows["traj"]))
     t0 = time.perf_counter()
@@ -222,4 +250,5 @@ def collect_lm(
         finished=np.asarray(rows["finished"], dtype=bool), token_logp=token_logp,
         generated_tokens=sum(len(r) for r in rows["response_ids"]), generation_time=gen_time,
         scoring_time=score_time, dropped_history=dropped, traj_task_type=task_type, bootstrap_prompt_ids=bootstrap,
+        traj_lost=lost,
     )

@@ -1,19 +1,20 @@
 """Training a language-model agent: rollout → advantages → PPO-clip update, for every estimator.
 
-The loop is the toy trainer's (:mod:`gagpo.trainer`) with a language model in place of the small
-policy network:
+The loop is the toy trainer's (:class:`gagpo.runloop.RunLoop`, whose hooks :class:`LMTrainer` fills
+in) with a language model in place of the small policy network:
 
 1. :func:`gagpo.llm.rollout.collect_lm` plays ``tasks_per_iter × group_size`` episodes; every step's
-   response is scored under the sampling policy (``logp_old``) and, when ``kl_coef > 0``, under the
-   reference policy;
-2. :func:`gagpo.trainer.compute_advantages` — the same dispatch to the pure estimators of
-   :mod:`gagpo.advantages` — gives one advantage per row (per action); for ``ppo``,
-   :func:`gagpo.advantages.gae_advantages` over a learned critic (below);
+   response is scored under the sampling policy (``logp_old``) — the metric ``time_rollout`` — and,
+   when ``kl_coef > 0``, under the reference policy (``time_reference``);
+2. :func:`gagpo.registry.compute_advantages` — the toy trainer's dispatch to the registered pure
+   estimators, reading this run's :class:`LMTrainConfig` — gives one advantage per row (per action);
+   for ``ppo`` (an estimator registered with ``needs_critic=True``),
+   :func:`gagpo.advantages.gae_advantages` over a learned critic (below) (``time_advantage``);
 3. each token of a response inherits its row's advantage through ``action_index`` and
    :func:`gagpo.losses.ppo_clip_loss` computes the clipped surrogate with an *action-level* ratio
    (GAGPO; ``ratio_level="token"`` for the usual per-token ratio), the k3 KL penalty to the reference
    and an optional entropy bonus. A minibatch of rows is processed in micro-batches whose losses are
-   weighted so that their gradients add up to the gradient of the minibatch's loss.
+   weighted so that their gradients add up to the gradient of the minibatch's loss (``time_update``).
 
 Published single-GPU recipes for ALFWorld-style agents (GiGPO's among them) set the defaults: groups
 of 8, 16 tasks per iteration, γ = λ = 0.95, 2 history pairs, 50 steps, KL 0.01, invalid-action penalty
@@ -28,8 +29,9 @@ toy trainer's PPO does; its regression targets are ``advantages + values`` (befo
 and the value loss, weighted by ``value_coef``, is added to the policy loss of the same forward pass.
 
 Evaluation (every ``eval_every`` iterations and at the end) plays greedy episodes on held-out tasks.
-With ``eval_splits`` (by default ``valid_seen,valid_unseen`` for ALFWorld) every split gets its own
-environments, built with ``split=<name>``, and its own metrics — ``eval_<split>_success``,
+With ``eval_splits`` (by default the splits of the environment's adapter, :mod:`gagpo.envs.adapter`:
+``valid_seen,valid_unseen`` for ALFWorld) every split gets its own environments, built with
+``split=<name>``, and its own metrics — ``eval_<split>_success``,
 ``eval_<split>_invalid_rate``, ``eval_<split>_<task_type>_success`` — while ``eval_success`` is the
 success over every evaluated episode; otherwise the held-out tasks are the environment's
 ``EVAL_SEEDS``. Environments run in this process, or in ``num_workers`` worker processes
@@ -48,22 +50,22 @@ import json
 import math
 import os
 import shutil
-import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..config import (ENV_ALIASES, ESTIMATOR_SETTINGS, ConfigError, TrainConfig, _f, check_env, check_env_options,
-                      check_eval_episodes, check_run_options, env_keywords, estimator_field, parse_env_kwargs, validate)
+from ..config import BaseConfig, ConfigError, EstimatorSettings, _f, check_eval_episodes, env_keywords, shared
 from ..envs.factory import EnvFactory
 from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
-from ..losses import AGGREGATIONS, RATIO_LEVELS, ppo_clip_loss, value_loss
+from ..losses import AGGREGATIONS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
 from ..rundir import RunDirError, atomic_write, check_start, damaged, write_error
-from ..trainer import TRAIN_SEED_RANGE, RunLoop, anchor_histogram, compute_advantages, ppo_targets
+from ..registry import compute_advantages, estimator_names, get_estimator
+from ..runloop import TRAIN_SEED_RANGE, RunLoop
+from ..trainer import critic_targets
 from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right, unpad_rows
 from .rollout import LMRollout, collect_lm
 from .value import VALUE_HEAD_FILE, ValueHead, explained_variance, next_state_values
@@ -71,11 +73,13 @@ from .value import VALUE_HEAD_FILE, ValueHead, explained_variance, next_state_va
 __all__ = ["LM_ALGOS", "ESTIMATOR_FIELDS", "LMTrainConfig", "LMTrainer", "EvalSet", "action_level_loss",
            "evaluation_metrics", "train_lm"]
 
-LM_ALGOS = ("reinforce", "grpo", "rloo", "gigpo", "gagpo", "ppo")
-"""Estimators available to language-model training; ``ppo`` adds a value head (:mod:`gagpo.llm.value`)."""
+LM_ALGOS = estimator_names()
+"""The built-in estimators (a snapshot of the registry at import; ``algo`` takes any registered one, see
+:mod:`gagpo.registry`); one registered with ``needs_critic=True`` (``ppo``) adds a value head (:mod:`gagpo.llm.value`)."""
 
-ESTIMATOR_FIELDS = ("algo", *ESTIMATOR_SETTINGS)
-"""Fields shared with :class:`gagpo.config.TrainConfig` that :func:`gagpo.trainer.compute_advantages` reads."""
+ESTIMATOR_FIELDS = tuple(f.name for f in dataclasses.fields(EstimatorSettings))
+"""The estimator's fields (:class:`gagpo.config.EstimatorSettings`, shared with :class:`gagpo.config.TrainConfig`),
+which :func:`gagpo.registry.compute_advantages` reads from an :class:`LMTrainConfig`."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -112,8 +116,14 @@ def check_eval_splits(eval_splits: str) -> None:
 
 
 @dataclass
-class LMTrainConfig:
-    """Configuration of one language-model training run. Field docs are the CLI's help."""
+class LMTrainConfig(BaseConfig):
+    """Configuration of one language-model training run. Field docs are the CLI's help.
+
+    The settings shared with :class:`gagpo.config.TrainConfig` (``shared(...)``: those of
+    :class:`gagpo.config.EstimatorSettings` and :class:`gagpo.config.RunSettings`) keep their
+    constraints; where this configuration's default or help differs from the toy trainer's, ``shared``
+    says so (``iterations`` 150, ``lr`` 1e-6, ``threads`` 0, ...). It carries every estimator field,
+    so it is what :func:`gagpo.registry.compute_advantages` reads: no toy configuration is built."""
 
     #: fields that may change between a checkpoint and the run that resumes it
     RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every",
@@ -130,21 +140,21 @@ class LMTrainConfig:
                     choices=("auto", "float32", "bfloat16", "float16"))
     device: str = _f("auto", "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...", check=check_device)
     gradient_checkpointing: bool = _f(True, "recompute activations in the backward pass to save GPU memory")
-    engine: str = _f("hf", "rollout engine (gagpo.llm.engine): hf = Hugging Face generate on a serving copy of the weights in the serving dtype (bf16 on a GPU; LoRA adapters merged), refreshed after every update; hf-compiled = the same with a static KV cache and torch.compile (GPU; compiles on first use); hf-shared = generate with the training model itself under autocast (slower; for comparison)",
-                     choices=("hf", "hf-compiled", "hf-shared"))
+    engine: str = _f("hf", "rollout engine (gagpo.llm.engine): hf = Hugging Face generate on a serving copy of the weights in the serving dtype (bf16 on a GPU; LoRA adapters merged), refreshed after every update; hf-compiled = the same with a static KV cache and torch.compile (GPU; compiles on first use); hf-continuous = the same with transformers' continuous batching (a finished response frees its slot; for GPUs, slow on a CPU); hf-shared = generate with the training model itself under autocast (slower; for comparison)",
+                     choices=("hf", "hf-compiled", "hf-continuous", "hf-shared"))
 
     # --- what to train on
-    env: str = _f("toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0) or an alias (household, alfworld)", check=check_env)
-    env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON", check=parse_env_kwargs)
-    max_steps: int = _f(50, "step limit per episode; 0 keeps the environment's registered limit", ge=0)
-    algo: str = _f("gagpo", "advantage estimator; ppo = GAE over a learned value head on the language model (see --value-coef, --value-lr)", choices=LM_ALGOS)
-    seed: int = _f(0, "seed of the run: task sampling, response sampling, minibatch order", ge=0)
+    env: str = shared("env", "toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0) or an alias (household, alfworld)")
+    env_kwargs: dict = shared("env_kwargs", help="extra keyword arguments for gymnasium.make, as JSON")
+    max_steps: int = shared("max_steps", 50)
+    algo: str = shared("algo", help="advantage estimator: a name of the estimator registry (gagpo.registry); ppo = GAE over a learned value head on the language model (see --value-coef, --value-lr)")
+    seed: int = shared("seed", help="seed of the run: task sampling, response sampling, minibatch order")
 
     # --- rollouts
-    iterations: int = _f(150, "training iterations (rollout -> advantages -> update)", ge=1)
-    tasks_per_iter: int = _f(16, "rollout groups per iteration (distinct task seeds)", ge=1)
-    group_size: int = _f(8, "episodes per group, all from the same task seed (G)", ge=1)
-    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration", ge=0)
+    iterations: int = shared("iterations", 150, "training iterations (rollout -> advantages -> update)")
+    tasks_per_iter: int = shared("tasks_per_iter", 16)
+    group_size: int = shared("group_size", help="episodes per group, all from the same task seed (G)")
+    n_train_tasks: int = shared("n_train_tasks", help="size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration")
     history: int = _f(2, "past (observation, action) pairs shown in each prompt", ge=0)
     invalid_penalty: float = _f(0.1, "subtracted from the reward of an action with missing tags or not admissible", ge=0)
     temperature: float = _f(1.0, "sampling temperature (the log-probs use the same temperature)", gt=0)
@@ -153,57 +163,50 @@ class LMTrainConfig:
     max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit", ge=0)
     num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)", ge=0)
 
-    # --- estimator (gagpo.config.ESTIMATOR_SETTINGS: the same names, defaults and help as TrainConfig)
-    gamma: float = estimator_field("gamma")
-    lam: float = estimator_field("lam")
-    norm: str = estimator_field("norm")
-    step_weight: float = estimator_field("step_weight")
-    reinforce_baseline: str = estimator_field("reinforce_baseline")
-    adv_eps: float = estimator_field("adv_eps")
-    anchor_match: str = estimator_field("anchor_match")
-    anchor_threshold: float = estimator_field("anchor_threshold")
+    # --- estimator (gagpo.config.EstimatorSettings: the same names, defaults and help as TrainConfig)
+    gamma: float = shared("gamma")
+    lam: float = shared("lam")
+    norm: str = shared("norm")
+    step_weight: float = shared("step_weight")
+    reinforce_baseline: str = shared("reinforce_baseline")
+    adv_eps: float = shared("adv_eps")
+    anchor_match: str = shared("anchor_match")
+    anchor_threshold: float = shared("anchor_threshold")
     value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)", ge=0)
-    value_lr: float = _f(1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)", gt=0)
+    value_lr: float = shared("value_lr", 1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)")
 
     # --- update
-    lr: float = _f(1e-6, "AdamW learning rate for full-parameter training", gt=0)
+    lr: float = shared("lr", 1e-6, "AdamW learning rate for full-parameter training")
     lora_lr: float = _f(1e-5, "AdamW learning rate when lora_r > 0", gt=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
-    update_epochs: int = _f(1, "passes over each iteration's rows", ge=1)
+    update_epochs: int = shared("update_epochs", 1, "passes over each iteration's rows")
     minibatch_size: int = _f(256, "rows (actions) per optimizer step", ge=1)
     micro_batch_size: int = _f(8, "rows per forward/backward pass (gradient accumulation inside a minibatch)", ge=1)
     gen_batch_size: int = _f(128, "prompts per generate() call", ge=1)
-    clip_eps: float = _f(0.2, "PPO clip range ε (lower side)", ge=0)
+    clip_eps: float = shared("clip_eps", help="PPO clip range ε (lower side)")
     clip_eps_high: float = _f(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)", ge=0)
     kl_coef: float = _f(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)", ge=0)
-    entropy_coef: float = _f(0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)", ge=0)
-    ratio_level: str = _f("action", "importance ratio per 'action' (one per response, GAGPO) or per 'token'", choices=RATIO_LEVELS)
+    entropy_coef: float = shared("entropy_coef", 0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)")
+    ratio_level: str = shared("ratio_level", help="importance ratio per 'action' (one per response, GAGPO) or per 'token'")
     aggregation: str = _f("token_mean", "loss aggregation: mean over tokens, or over actions (each action's token mean)", choices=AGGREGATIONS)
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
-    max_nonfinite_steps: int = _f(3, "skip an optimizer step whose log-probs, loss or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row", ge=1)
+    max_grad_norm: float = shared("max_grad_norm")
+    max_nonfinite_steps: int = shared("max_nonfinite_steps")
 
     # --- evaluation, logging, checkpoints
-    eval_every: int = _f(10, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables", ge=0)
-    eval_episodes: int = _f(32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)", ge=0)
-    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = 'valid_seen,valid_unseen' when the environment takes a split keyword (ALFWorld), else ''; '' = the environment's own held-out EVAL_SEEDS", check=check_eval_splits)
-    eval_greedy: bool = _f(True, "evaluate with greedy decoding instead of sampling")
-    out_dir: str = _f("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<model>-<algo>-seed<seed>")
-    checkpoint_every: int = _f(10, "save a checkpoint every k iterations (and at the end); 0 only at the end", ge=0)
-    resume: bool = _f(False, "continue from the checkpoint in out_dir if one exists")
-    overwrite: bool = _f(False, "replace the run in out_dir (its metrics and checkpoint are deleted); without it, and without --resume, a directory that holds a run is refused")
-    progress: bool = _f(True, "show a progress bar")
-    threads: int = _f(0, "torch CPU threads; 0 keeps torch's default", ge=0)
+    eval_every: int = shared("eval_every", 10)
+    eval_episodes: int = shared("eval_episodes", 32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)")
+    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = the splits the environment's adapter names (gagpo.envs.adapter; ALFWorld: 'valid_seen,valid_unseen') when the environment takes a split keyword, else ''; '' = the environment's own held-out EVAL_SEEDS", check=check_eval_splits)
+    eval_greedy: bool = shared("eval_greedy", help="evaluate with greedy decoding instead of sampling")
+    out_dir: str = shared("out_dir", help="run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<model>-<algo>-seed<seed>")
+    checkpoint_every: int = shared("checkpoint_every")
+    resume: bool = shared("resume")
+    overwrite: bool = shared("overwrite", help="replace the run in out_dir (its metrics and checkpoint are deleted); without it, and without --resume, a directory that holds a run is refused")
+    progress: bool = shared("progress")
+    threads: int = shared("threads", 0, "torch CPU threads; 0 keeps torch's default")
 
-    def __post_init__(self) -> None:
-        self.env = ENV_ALIASES.get(self.env, self.env)
-        if isinstance(self.env_kwargs, str):
-            try:
-                self.env_kwargs = parse_env_kwargs(self.env_kwargs)
-            except ValueError as exc:
-                raise ConfigError("env_kwargs", f"env_kwargs {exc}") from None
-        validate(self)  # the constraints written beside each field
-        check_run_options(self)
-        check_env_options(self)
+    def check(self) -> None:
+        """The cross-field checks of a language-model run, after the shared ones (:class:`BaseConfig`):
+        the evaluation splits, ``eval_episodes`` (without splits), ``dtype`` against the device."""
         if not self.eval_split_names():  # with splits, eval_episodes caps at each split's number of games
             check_eval_episodes(self)
         if self.dtype == "float16" and resolve_device(self.device).type == "cpu":
@@ -230,17 +233,15 @@ class LMTrainConfig:
         Raises ``ValueError`` when splits are named but the environment's constructor takes no
         ``split`` keyword.
         """
-        if self.eval_splits == "auto":
-            return ["valid_seen", "valid_unseen"] if _env_takes(self.env, "split") else []
+        if self.eval_splits == "auto":  # the environment's adapter says which (ALFWorld: valid_seen, valid_unseen)
+            from ..envs.adapter import adapter_for
+
+            return list(adapter_for(self.env).eval_splits) if _env_takes(self.env, "split") else []
         names = [name.strip() for name in self.eval_splits.split(",") if name.strip()]
         if names and not _env_takes(self.env, "split"):
             raise ConfigError("eval_splits", f"eval_splits {self.eval_splits!r} needs an environment that takes a 'split' "
                                              f"keyword (e.g. gagpo/ALFWorld-v0); {self.env} does not: pass eval_splits ''")
         return names
-
-    def estimator_config(self) -> TrainConfig:
-        """The toy trainer's config with this run's estimator fields (what ``compute_advantages`` reads)."""
-        return TrainConfig(**{name: getattr(self, name) for name in ESTIMATOR_FIELDS})
 
     def run_dir(self) -> str:
         if self.out_dir:
@@ -248,9 +249,6 @@ class LMTrainConfig:
         env = self.env.split("/")[-1].replace("-v0", "")
         model = os.path.basename(self.model.rstrip("/")) or "model"
         return f"runs/{env}-{model}-{self.algo}-seed{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _env_takes(env_id: str, keyword: str) -> bool:
@@ -309,21 +307,26 @@ def evaluation_metrics(rollouts: Sequence[LMRollout], prefix: str = "eval_", by_
 
     ``<prefix>success`` (fraction of episodes won), ``<prefix>return`` and ``<prefix>length`` (means
     per episode), ``<prefix>invalid_rate`` (fraction of all decisions that were invalid),
-    ``<prefix>episodes``, and with ``by_task_type`` ``<prefix><task_type>_success`` for every task
+    ``<prefix>episodes`` (the counted ones: an episode whose environment was lost counts neither way;
+    ``<prefix>lost_episodes`` says how many when there were any), and with ``by_task_type``
+    ``<prefix><task_type>_success`` for every task
     type the environment reported (``LMRollout.traj_task_type``, e.g. ALFWorld's
     ``pick_and_place_simple``).
     """
-    won = np.concatenate([np.asarray(r.traj_won, dtype=bool) for r in rollouts])
+    kept = np.concatenate([getattr(r, "kept", np.ones(len(r.traj_won), dtype=bool)) for r in rollouts])  # lost: not counted
+    won = np.concatenate([np.asarray(r.traj_won, dtype=bool) for r in rollouts])[kept]
     invalid = np.concatenate([np.asarray(r.invalid, dtype=bool) for r in rollouts])
-    types = np.asarray([t for r in rollouts for t in (r.traj_task_type or [""] * len(r.traj_won))], dtype=object)
+    types = np.asarray([t for r in rollouts for t in (r.traj_task_type or [""] * len(r.traj_won))], dtype=object)[kept]
     n = len(won)
     out = {
         f"{prefix}success": float(won.mean()) if n else 0.0,
-        f"{prefix}return": float(np.concatenate([r.traj_return for r in rollouts]).mean()) if n else 0.0,
-        f"{prefix}length": float(np.concatenate([r.traj_length for r in rollouts]).mean()) if n else 0.0,
+        f"{prefix}return": float(np.concatenate([r.traj_return for r in rollouts])[kept].mean()) if n else 0.0,
+        f"{prefix}length": float(np.concatenate([r.traj_length for r in rollouts])[kept].mean()) if n else 0.0,
         f"{prefix}invalid_rate": float(invalid.mean()) if len(invalid) else 0.0,
         f"{prefix}episodes": n,
     }
+    if not kept.all():
+        out[f"{prefix}lost_episodes"] = int((~kept).sum())
     if by_task_type:
         for task_type in sorted(set(types.tolist()) - {""}):
             out[f"{prefix}{task_type}_success"] = float(won[types == task_type].mean())
@@ -346,7 +349,9 @@ class EvalSet:
 
 
 class LMTrainer(RunLoop):
-    """Holds the LM policy, its optimizer, the environments and the logs of one run.
+    """Holds the LM policy, its optimizer, the environments and the logs of one run; the hooks of
+    :class:`~gagpo.runloop.RunLoop` with a language model, and a reference phase (:meth:`reference_logp`,
+    timed as ``time_reference``) for the KL penalty.
 
     Args:
         cfg: the configuration.
@@ -362,28 +367,33 @@ class LMTrainer(RunLoop):
             ``EVAL_SEEDS`` (10000, 10001, … when it has none). A given ``eval_pool`` replaces the
             splits (its seeds: its ``EVAL_SEEDS`` when it is an ``EnvPool``, else 10000, 10001, …).
 
-    Every pool is closed when :meth:`train` returns or raises (or call :meth:`close`).
+    Every pool is closed when :meth:`train` returns or raises (or call :meth:`close`). The prompts, the
+    projection of responses onto commands and the anchor keys come from the environment's adapter,
+    ``self.adapter = gagpo.envs.adapter.adapter_for(cfg.env)``.
     """
+
+    #: every rollout is scored under the reference policy (``None`` when ``kl_coef`` is 0): ``time_reference``
+    SCORES_REFERENCE = True
 
     def __init__(self, cfg: LMTrainConfig, policy: LMPolicy | None = None,
                  eval_hook: Callable[["LMTrainer"], dict[str, float]] | None = None,
                  pool: Any | None = None, eval_pool: Any | None = None):
-        self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.run_dir = cfg.run_dir()
+        super().__init__(cfg)  # cfg, run_dir, torch threads (0 keeps torch's default), iteration, env_steps, history
         self.policy = policy or LMPolicy.from_pretrained(
             cfg.model, lora=cfg.lora, dtype=cfg.dtype, device=cfg.device,
             gradient_checkpointing=cfg.gradient_checkpointing, reference=cfg.kl_coef > 0,
             micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size, engine=cfg.engine, seed=cfg.seed)
         if cfg.kl_coef > 0 and not self.policy.has_reference():
             raise ValueError("kl_coef > 0 needs a reference policy: build the LMPolicy with lora=... or reference=True")
-        self.value_head = ValueHead.for_policy(self.policy) if cfg.algo == "ppo" else None
+        self.value_head = ValueHead.for_policy(self.policy) if get_estimator(cfg.algo).needs_critic else None
         groups = [{"params": self.policy.parameters(), "lr": cfg.learning_rate}]
         if self.value_head is not None:  # its own learning rate, no weight decay
             groups.append({"params": list(self.value_head.parameters()), "lr": cfg.value_lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.factory = make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs)
+        from ..envs.adapter import adapter_for  # (gagpo.envs.adapter imports gagpo.llm's string modules)
+
+        self.adapter = adapter_for(cfg.env)  # prompt, text -> command, anchor key (gagpo.envs.adapter)
         self.pool = pool or self.make_pool(self.factory)
         n_games = self.env_attribute(self.pool, self.factory, "n_games")
         self.n_env_tasks = int(n_games) if n_games else None  # RunLoop.task_seeds draws from 0..n-1 when set
@@ -391,10 +401,14 @@ class LMTrainer(RunLoop):
         self.eval_pool, self.eval_seeds = self.eval_sets[0].pool, self.eval_sets[0].seeds  # RunLoop's names
         self.eval_hook = eval_hook
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
-        self.estimator_cfg = cfg.estimator_config()
-        self.iteration = 0
-        self.env_steps = 0
-        self.history: list[dict[str, Any]] = []
+        self._restarts_seen = 0  # ProcessEnvPool.n_restarts at the last iteration (worker_restarts metric)
+
+    @property
+    def estimator_cfg(self) -> LMTrainConfig:
+        """The configuration that the estimators read: this run's own (:class:`LMTrainConfig` carries every
+        field of :class:`gagpo.config.EstimatorSettings`), e.g. ``gagpo.trainer.compute_advantages(
+        trainer.estimator_cfg, rollout)`` as in chapter 8. Kept for that use; ``trainer.cfg`` is the same object."""
+        return self.cfg
 
     # ------------------------------------------------------------------ environments
     def make_pool(self, factory: EnvFactory) -> Any:
@@ -420,11 +434,12 @@ class LMTrainer(RunLoop):
 
     @staticmethod
     def env_attribute(pool: Any, factory: EnvFactory, name: str) -> Any:
-        """Attribute ``name`` of the pool's environments (``None`` when they lack it): read from the pool's
-        first environment in this process, or from a probe built by ``factory`` (then closed) when the
-        environments live in worker processes."""
-        if isinstance(pool, EnvPool):
-            return getattr(pool.get(1)[0].unwrapped, name, None)
+        """Attribute ``name`` of the pool's environments (``None`` when they lack it): the pool's own
+        ``attribute(name)`` (:class:`~gagpo.envs.pool.EnvPoolProtocol`: the first environment of an
+        in-process pool, a probe for a process pool), else a probe built by ``factory`` (then closed)."""
+        attribute = getattr(pool, "attribute", None)
+        if callable(attribute):
+            return attribute(name)
         env = factory()
         try:
             return getattr(env.unwrapped, name, None)
@@ -454,10 +469,11 @@ class LMTrainer(RunLoop):
         cfg = self.cfg
         return collect_lm(self.pool, self.policy, self.task_seeds(self.iteration), cfg.group_size, cfg.history,
                           cfg.sampling(), cfg.invalid_penalty, seed=self.sampling_seed(self.iteration),
-                          max_prompt_tokens=cfg.max_prompt_tokens)
+                          max_prompt_tokens=cfg.max_prompt_tokens, adapter=self.adapter)
 
     def reference_logp(self, rollout: LMRollout) -> list[np.ndarray] | None:
-        """Per-token log-probs of every response under the reference policy (``None`` when kl_coef = 0)."""
+        """Per-token log-probs of every response under the reference policy (``None`` when kl_coef = 0);
+        :meth:`RunLoop.step` passes them to :meth:`update` as ``targets["ref_logp"]``."""
         if self.cfg.kl_coef == 0:
             return None
         with torch.no_grad():
@@ -470,14 +486,15 @@ class LMTrainer(RunLoop):
         r"""Per-row advantages of ``cfg.algo`` (``advantages``, (N,)); for ``ppo`` also the critic's
         ``values`` :math:`V(s_t)` and regression targets ``returns``.
 
-        Critic-free estimators: :func:`gagpo.trainer.compute_advantages`. ``ppo``: the value head scores
-        every row's prompt, and the prompt at the cut of every truncated episode; :math:`V(s'_t)` is
-        the next row's value (:func:`gagpo.llm.value.next_state_values`); the toy trainer's
-        :func:`gagpo.trainer.ppo_targets` turns them into GAE advantages normalised over the whole batch
-        (not per rollout group) and the regression targets :math:`A_t + V(s_t)`.
+        Critic-free estimators: :func:`gagpo.registry.compute_advantages` with this run's settings.
+        Critic estimators (``needs_critic``: ``ppo``): the value head scores every row's prompt, and the
+        prompt at the cut of every truncated episode; :math:`V(s'_t)` is the next row's value
+        (:func:`gagpo.llm.value.next_state_values`); :func:`gagpo.trainer.critic_targets`, shared with
+        the toy trainer, turns them into the estimator's advantages (for ``ppo``, GAE normalised over
+        the whole batch, not per rollout group) and the regression targets, the λ-returns.
         """
         if self.value_head is None:
-            return compute_advantages(self.estimator_cfg, rollout)
+            return {"advantages": compute_advantages(self.cfg.algo, rollout.batch, self.cfg)}
         b = rollout.batch
         values = self.value_head.values(self.policy, rollout.prompt_ids)
         end_values = np.zeros(len(b))
@@ -489,19 +506,33 @@ class LMTrainer(RunLoop):
                 raise ValueError("a truncated episode has no bootstrap prompt (LMRollout.bootstrap_prompt_ids): "
                                  "collect the rollout with gagpo.llm.rollout.collect_lm")
             end_values[cut] = self.value_head.values(self.policy, boot)
-        return ppo_targets(self.estimator_cfg, b, values, next_state_values(b, values, end_values))
+        return critic_targets(self.cfg, b, values, next_state_values(b, values, end_values))
 
     # ------------------------------------------------------------------ update
-    def update(self, rollout: LMRollout, advantages: np.ndarray, ref_logp: list[np.ndarray] | None,
-               returns: np.ndarray | None = None) -> dict[str, float]:
+    def update(self, rollout: LMRollout, targets: Mapping[str, Any] | np.ndarray,
+               ref_logp: list[np.ndarray] | None = None, returns: np.ndarray | None = None) -> dict[str, float]:
         """PPO epochs over the rollout's rows; returns averaged loss diagnostics.
+
+        ``targets``: what :meth:`advantages` returns — ``advantages`` (one per row) and, for a critic,
+        ``returns`` — with the reference log-probs of :meth:`reference_logp` as ``ref_logp`` (``None``
+        or absent without a KL penalty), as :meth:`RunLoop.step` passes them. The older form
+        ``update(rollout, advantages, ref_logp, returns)`` — an array of advantages, then the reference
+        log-probs and the critic's targets — is still accepted (chapter 8's solutions use it).
 
         With a value head (``ppo``), ``returns`` are its regression targets and every micro-batch adds
         ``value_coef × value_loss`` (weighted by its share of the minibatch's rows) to the policy loss
         before the one backward pass; gradient clipping covers the head too.
         """
+        if isinstance(targets, Mapping):
+            if ref_logp is not None or returns is not None:
+                raise TypeError("update(rollout, targets): pass ref_logp and returns inside targets")
+            advantages, ref_logp, returns = targets["advantages"], targets.get("ref_logp"), targets.get("returns")
+        else:  # update(rollout, advantages, ref_logp, returns)
+            advantages = targets
         cfg = self.cfg
         n = len(rollout.batch)
+        if n == 0:  # every episode was lost with its environment: nothing to learn from
+            return {"optimizer_steps": 0, "nonfinite_steps": 0, "update_tokens": 0}
         if len(rollout.token_logp) != n:
             raise ValueError("the rollout carries no old log-probs: collect it with compute_logp=True")
         device = self.policy.device
@@ -509,7 +540,8 @@ class LMTrainer(RunLoop):
         head = self.value_head
         if head is not None:
             if returns is None:
-                raise ValueError("algo 'ppo' trains a value head: pass its targets, update(..., returns=...)")
+                raise ValueError(f"algo {cfg.algo!r} trains a value head: pass its targets, the returns "
+                                 f"(targets['returns'], or update(rollout, advantages, ref_logp, returns))")
             targets = torch.as_tensor(returns, dtype=torch.float32, device=device)
         resp_len = np.asarray([len(r) for r in rollout.response_ids])
         total_len = resp_len + np.asarray([len(p) for p in rollout.prompt_ids])
@@ -606,7 +638,7 @@ class LMTrainer(RunLoop):
                 continue
             r = collect_lm(s.pool, self.policy, s.seeds, 1, cfg.history, cfg.sampling(cfg.eval_greedy),
                            cfg.invalid_penalty, seed=cfg.seed + 12345, compute_logp=False,
-                           max_prompt_tokens=cfg.max_prompt_tokens)
+                           max_prompt_tokens=cfg.max_prompt_tokens, adapter=self.adapter)
             played.append(r)
             out.update(evaluation_metrics([r], s.prefix))
         if played and any(s.split for s in self.eval_sets):  # the pooled summary over the splits
@@ -615,34 +647,30 @@ class LMTrainer(RunLoop):
             out.update(self.eval_hook(self))
         return out
 
-    # ------------------------------------------------------------------ one iteration
-    def step(self) -> dict[str, Any]:
-        self.iteration += 1
-        t0 = time.perf_counter()
-        rollout = self.rollout()
-        t1 = time.perf_counter()
-        ref_logp = self.reference_logp(rollout)
-        targets = self.advantages(rollout)  # the toy trainer's dispatch to gagpo.advantages, or GAE over the head
-        t2 = time.perf_counter()
-        upd = self.update(rollout, targets["advantages"], ref_logp, targets.get("returns"))
-        t3 = time.perf_counter()
-        self.env_steps += rollout.n_steps
+    # ------------------------------------------------------------------ one iteration (RunLoop.step)
+    def step_metrics(self, rollout: LMRollout, targets: dict[str, Any], update: dict[str, Any],
+                     seconds: dict[str, float]) -> dict[str, Any]:
+        """A language-model iteration's own metrics: episodes lost with their environment and worker
+        restarts of a process pool (this iteration), format errors, response and prompt lengths,
+        generation and update throughput, the critic at collection time (``ppo``), the GPU's peak memory."""
+        restarts = int(getattr(self.pool, "n_restarts", 0))
         row: dict[str, Any] = {
-            **self.iteration_metrics(rollout, targets["advantages"]), "format_error_rate": rollout.format_error_rate,
+            "lost_episodes": rollout.lost_episodes,
+            "worker_restarts": restarts - self._restarts_seen,
+            "format_error_rate": rollout.format_error_rate,
             "truncated_response_rate": float(1.0 - rollout.finished.mean()),
             "response_tokens": float(np.mean([len(r) for r in rollout.response_ids])),
             "prompt_tokens": float(np.mean([len(p) for p in rollout.prompt_ids])),
-            **upd, **anchor_histogram(rollout),
             "gen_tokens_per_s": rollout.generated_tokens / max(rollout.generation_time, 1e-9),
-            "update_tokens_per_s": upd["update_tokens"] / max(t3 - t2, 1e-9),
-            "time_rollout": t1 - t0, "time_reference": t2 - t1, "time_update": t3 - t2,
+            "update_tokens_per_s": update["update_tokens"] / max(seconds["time_update"], 1e-9),
         }
         if "values" in targets:  # the critic at collection time
             row.update(value_mean=float(targets["values"].mean()),
                        explained_variance=explained_variance(targets["values"], targets["returns"]))
+        self._restarts_seen = restarts
         if torch.cuda.is_available() and self.policy.device.type == "cuda":
             row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.policy.device) / 2**30
-        return self.record(row)
+        return row
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_path(self) -> str:

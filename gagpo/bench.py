@@ -111,6 +111,7 @@ def headline_config(algo: str, seed: int, quick: bool = False, out_root: str | N
         env="toy_envs/KeyDoor-v0", algo=algo, seed=seed, iterations=100_000,
         env_step_budget=HEADLINE_QUICK_BUDGET if quick else HEADLINE_BUDGET, tasks_per_iter=8, group_size=8, eval_every=10, eval_episodes=50, progress=False,
         out_dir=os.path.join(out_root or HEADLINE_ROOTS[quick], f"{algo}-seed{seed}"),
+        resume=True, checkpoint_every=10,  # an interrupted run continues from its checkpoint (gagpo.harness.run_configs)
     )
 
 

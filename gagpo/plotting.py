@@ -73,11 +73,20 @@ def output_dir(directory: str | None = None) -> str:
 
 
 def save(fig, name: str, directory: str | None = None) -> str:
-    """Save ``fig`` as ``<output_dir(directory)>/<name>.png`` (``figures/`` by default) and return the path."""
+    """Save ``fig`` as ``<output_dir(directory)>/<name>.png`` (``figures/`` by default) and return the path.
+
+    The file is replaced atomically (written beside it, then renamed): a crash or a full disk leaves the
+    old figure or the new one, never half of one."""
     directory = output_dir(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, name if name.endswith(".png") else name + ".png")
-    fig.savefig(path, bbox_inches="tight")
+    tmp = path + ".tmp"
+    try:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 

@@ -1,6 +1,7 @@
 """Benchmarks and the headline experiment, on tiny budgets."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -37,6 +38,25 @@ def test_eval_curve_keeps_only_evaluated_iterations():
     x, y = bench.eval_curve([{"env_steps": 10}, {"env_steps": 20, "eval_success": 0.5}, {"env_steps": 40, "eval_success": 0.75}])
     np.testing.assert_array_equal(x, [20, 40])
     np.testing.assert_array_equal(y, [0.5, 0.75])
+
+
+def test_headline_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    """A headline run cut short (here: stopped after 1 iteration, its checkpoint written) is continued from its
+    checkpoint, not refused and not retrained: its first iterations are kept as they were."""
+    import dataclasses
+
+    from gagpo.trainer import train
+
+    monkeypatch.setattr(bench, "HEADLINE_QUICK_BUDGET", 6000)  # 2-3 iterations of 64 episodes
+    monkeypatch.chdir(tmp_path)
+    cfg = bench.headline_config("gagpo", 0, quick=True)
+    first = train(dataclasses.replace(cfg, iterations=1, checkpoint_every=1))
+    rows = bench.headline(seeds=(0,), quick=True, workers=1, figures_dir=str(tmp_path / "fig"), algos=("gagpo",))
+    with open(os.path.join(cfg.run_dir(), "metrics.jsonl")) as fh:
+        history = [json.loads(line) for line in fh]
+    assert len(first) == 1 and len(history) > 1 and max(r["env_steps"] for r in rows) >= 6000
+    strip = lambda h: {k: v for k, v in h.items() if not k.startswith("time_")}  # noqa: E731
+    assert strip(history[0]) == strip(first[0])
 
 
 def test_headline_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch, capsys):

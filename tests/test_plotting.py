@@ -50,3 +50,34 @@ def test_save_writes_to_gagpo_save_dir_when_set(tmp_path, monkeypatch):
     monkeypatch.delenv(plotting.SAVE_DIR_ENV)
     assert plotting.output_dir() == plotting.FIGURES_DIR
     plt.close(fig)
+
+
+def test_save_replaces_a_figure_atomically(tmp_path, monkeypatch):
+    """A figure that fails half-way (full disk, a bad artist) leaves the previous file intact and no temporary file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gagpo import plotting
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    path = plotting.save(fig, "curve", str(tmp_path))
+    before = open(path, "rb").read()
+
+    def broken(*args, **kwargs):
+        with open(args[0], "wb") as fh:
+            fh.write(b"half a png")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    try:
+        plotting.save(fig, "curve", str(tmp_path))
+    except OSError:
+        pass
+    else:  # pragma: no cover - the stub always raises
+        raise AssertionError("expected the stubbed savefig to fail")
+    assert open(path, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+    plt.close(fig)

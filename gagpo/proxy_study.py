@@ -282,13 +282,14 @@ def _md_table(records: Sequence[Mapping[str, Any]], cols: Sequence[str]) -> str:
 
 
 def proxy_study(quick: bool = False, figures_dir: str | None = None, seed: int = 0, settings: Sequence[ProxySetting] | None = None) -> dict[str, Any]:
-    """Run :func:`study_setting` for every setting; write ``figures/proxy_*.png``,
-    ``proxy_study[_quick].{csv,md}`` and print the tables."""
-    from .reports import CSV_FLOAT
+    """Run :func:`study_setting` for every setting; write ``proxy_*.png`` and
+    ``proxy_study[_quick].{csv,md}`` and print the tables — into ``figures_dir`` when given, else
+    ``figures/`` for the full study and ``runs/proxy-quick/figures`` for ``quick`` (a smoke run never
+    writes into the committed figures unless asked: :func:`gagpo.reports.report_dir`)."""
+    from .reports import CSV_FLOAT, report_dir
     from .tables import write_csv
-    from .plotting import FIGURES_DIR
 
-    figures_dir = figures_dir or FIGURES_DIR
+    figures_dir = report_dir(figures_dir, quick, os.path.join("runs", "proxy-quick"))
     settings = settings or PROXY_SETTINGS[quick]
     suffix = "_quick" if quick else ""
     t0 = time.time()

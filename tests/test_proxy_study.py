@@ -135,3 +135,13 @@ def test_the_study_runs_on_a_tiny_setting(tmp_path):
     assert {r["estimator"] for r in rec["advantages"]} == {"grpo", "gigpo", "gagpo", "gagpo_raw"}
     assert all(-1.0 <= r["corr"] <= 1.0 for r in rec["advantages"])
     assert "python -m gagpo bench proxy" in out["table"]
+
+
+def test_a_quick_study_writes_under_runs_not_into_the_committed_figures(tmp_path, monkeypatch):
+    tiny = ProxySetting("opengrid4", {"size": 4}, H, train_iterations=1, snapshots=(0,), group_sizes=(2,), n_tasks=2,
+                        repeats=1, gamma=GAMMA, env="toy_envs/OpenGrid-v0")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GAGPO_SAVE_DIR", raising=False)
+    proxy_study(quick=True, settings=[tiny])
+    assert (tmp_path / "runs" / "proxy-quick" / "figures" / "proxy_study_quick.md").exists()
+    assert not (tmp_path / "figures").exists()

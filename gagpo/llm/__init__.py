@@ -11,14 +11,43 @@ The pieces, kept apart as the rest of the library keeps environment, rollout and
     train.py     LMTrainConfig, train_lm: rollout -> gagpo.advantages -> ppo_clip_loss; evaluation per split
 
 Only ``policy``, ``rollout``, ``value`` and ``train`` need torch; ``transformers`` is imported when a model is built.
+The names below are imported lazily, on first access: ``import gagpo.llm.prompts`` loads no torch.
 """
-from .parsing import ParsedAction, normalize_command, parse_action
-from .prompts import DEFAULT_TEMPLATE, PromptTemplate, build_messages, build_prompt, extract_task, render_prompt
-from .tiny import build_tiny_model, build_tiny_tokenizer, tiny_model_path
-from .policy import Generation, LMPolicy, LoraSettings, SamplingSettings
-from .rollout import NO_ACTION, LMRollout, collect_lm
-from .value import ValueHead, next_state_values
-from .train import LM_ALGOS, EvalSet, LMTrainConfig, LMTrainer, evaluation_metrics, train_lm
+import importlib
+from typing import Any
+
+#: public name -> the submodule that defines it; imported on first access (PEP 562), so that importing
+#: ``gagpo.llm.prompts`` or ``gagpo.llm.parsing`` loads neither torch nor transformers
+_LAZY = {
+    **dict.fromkeys(("ParsedAction", "normalize_command", "parse_action"), "parsing"),
+    **dict.fromkeys(("DEFAULT_TEMPLATE", "PromptTemplate", "build_messages", "build_prompt", "extract_task",
+                     "render_prompt"), "prompts"),
+    **dict.fromkeys(("build_tiny_model", "build_tiny_tokenizer", "tiny_model_path"), "tiny"),
+    **dict.fromkeys(("Generation", "LMPolicy", "LoraSettings", "SamplingSettings"), "policy"),
+    **dict.fromkeys(("NO_ACTION", "LMRollout", "collect_lm"), "rollout"),
+    **dict.fromkeys(("ValueHead", "next_state_values"), "value"),
+    **dict.fromkeys(("LM_ALGOS", "EvalSet", "LMTrainConfig", "LMTrainer", "evaluation_metrics", "train_lm"), "train"),
+}
+
+
+_SUBMODULES = ("bench", "engine", "experts", "gpucheck", "parsing", "policy", "prompts", "rollout", "sft", "tiny",
+               "train", "value")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBMODULES:  # ``gagpo.llm.train`` as an attribute, as an eager package import would allow
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # cached: later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
 
 __all__ = [
     "ParsedAction", "parse_action", "normalize_command",

@@ -43,6 +43,16 @@ TRAIN_SEEDS = range(0, 10_000)
 CHARSET = string.ascii_letters + string.digits + " .,:;!?'()-\n"
 
 
+def reset_task_seed(env, seed: int | None, options: dict | None) -> int:
+    """The task seed a ``reset(seed=..., options=...)`` of a toy environment plays: ``options["task_seed"]``
+    (without reseeding), else ``seed``, else one drawn from ``env.TRAIN_SEEDS`` with ``env.np_random``."""
+    if options and "task_seed" in options:
+        return int(options["task_seed"])
+    if seed is not None:
+        return int(seed)
+    return int(env.np_random.integers(env.TRAIN_SEEDS.start, env.TRAIN_SEEDS.stop))
+
+
 # ------------------------------------------------------------------------------- the model
 @dataclass
 class TabularModel:
@@ -427,12 +437,7 @@ class TabularTextEnv(gym.Env):
         Without either, the task seed is drawn from ``TRAIN_SEEDS`` with the env's ``np_random``.
         """
         super().reset(seed=seed)
-        if options and "task_seed" in options:
-            task_seed = int(options["task_seed"])
-        elif seed is not None:
-            task_seed = int(seed)
-        else:
-            task_seed = int(self.np_random.integers(self.TRAIN_SEEDS.start, self.TRAIN_SEEDS.stop))
+        task_seed = reset_task_seed(self, seed, options)
         self.task_seed = task_seed
         self._compiled = self._compiled_task(task_seed)
         self._state_id = self._compiled.model.initial_state

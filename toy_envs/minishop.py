@@ -49,7 +49,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from .dp import EVAL_SEEDS, TRAIN_SEEDS, TabularModel
+from .dp import EVAL_SEEDS, TRAIN_SEEDS, TabularModel, reset_task_seed
 
 __all__ = ["MiniShopEnv", "Product", "Goal", "catalogue", "search", "purchase_score", "CATEGORIES", "COLORS"]
 
@@ -277,12 +277,7 @@ class MiniShopEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start task ``seed`` (``options={"task_seed": k}`` without reseeding; else drawn from ``TRAIN_SEEDS``)."""
         super().reset(seed=seed)
-        if options and "task_seed" in options:
-            task_seed = int(options["task_seed"])
-        elif seed is not None:
-            task_seed = int(seed)
-        else:
-            task_seed = int(self.np_random.integers(self.TRAIN_SEEDS.start, self.TRAIN_SEEDS.stop))
+        task_seed = reset_task_seed(self, seed, options)
         self.task_seed, self.goal, self.state = task_seed, self.make_goal(task_seed), ("search",)
         return self.describe(self.state), self._info("", False)
 

@@ -362,16 +362,8 @@ class SFTTrainer(LMTrainer):
     # ------------------------------------------------------------------ display
     def write_curves(self) -> str | None:
         """Draw ``<run_dir>/curves.png``: the loss (left) and the held-out success and invalid-action rate
-        (right) against optimizer steps; ``None`` with a warning when it cannot be drawn."""
-        try:
-            from .. import plotting
-
-            plt = plotting.use_style()
-        except ImportError as exc:
-            warnings.warn(f"no curves.png: matplotlib is missing ({exc})", stacklevel=2)
-            return None
-        fig, axes = plt.subplots(1, 2, figsize=(plotting.FIGSIZE[0] * 2, plotting.FIGSIZE[1]))
-        try:
+        (right) against optimizer steps; ``None`` with a warning when it cannot be drawn (:meth:`save_curves`)."""
+        def draw(plotting, axes) -> None:
             plotting.metric_curves(self.history, ["loss"], x="iteration", ax=axes[0], xlabel="optimizer step",
                                    ylabel="cross-entropy per response token", title=f"behaviour cloning ({self.cfg.model})")
             keys = sorted({k for row in self.history for k in row if k.startswith("eval_")
@@ -379,12 +371,8 @@ class SFTTrainer(LMTrainer):
             plotting.metric_curves(self.history, keys, x="iteration", ax=axes[1], xlabel="optimizer step",
                                    ylabel="fraction", title="greedy evaluation (held out)")
             axes[1].set_ylim(-0.03, 1.03)
-            return plotting.save(fig, "curves", self.run_dir)
-        except Exception as exc:  # noqa: BLE001 - a figure is not worth a run
-            warnings.warn(f"could not draw {os.path.join(self.run_dir, 'curves.png')}: {exc!r}", stacklevel=2)
-            return None
-        finally:
-            plt.close(fig)
+
+        return self.save_curves(2, draw)
 
     def progress_desc(self) -> str:
         return f"sft {self.cfg.model}"

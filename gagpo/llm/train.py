@@ -783,11 +783,10 @@ class LMTrainer(RunLoop):
             self.write_curves()
         return row
 
-    def write_curves(self) -> str | None:
-        """Draw ``<run_dir>/curves.png``: training success and invalid-action rate (left), and every
-        ``eval_*_success`` (right: the pooled and per-split ones solid, per task type dashed) against
-        environment steps. Returns its path, or ``None`` with a warning when it cannot be drawn
-        (matplotlib missing, ...): plotting never stops a run."""
+    def save_curves(self, ncols: int, draw: Callable[[Any, Any], None]) -> str | None:
+        """Draw ``<run_dir>/curves.png`` on one row of ``ncols`` axes with ``draw(plotting, axes)``; returns its
+        path, or ``None`` with a warning when it cannot be drawn (matplotlib missing, ...): plotting never
+        stops a run."""
         try:
             from .. import plotting
 
@@ -795,29 +794,38 @@ class LMTrainer(RunLoop):
         except ImportError as exc:
             warnings.warn(f"no curves.png: matplotlib is missing (pip install matplotlib) ({exc})", stacklevel=2)
             return None
-        keys = {k for row in self.history for k in row}
-        eval_keys = sorted(k for k in keys if k.startswith("eval_") and k.endswith("_success"))
-        main = [k for k in ["eval_success"] + [f"{s.prefix}success" for s in self.eval_sets if s.split] if k in keys]
-        pooled = "all splits" if any(s.split for s in self.eval_sets) else "held-out"
-        label = {k: pooled if k == "eval_success" else k[len("eval_"):-len("_success")] for k in eval_keys}
-        width = plotting.FIGSIZE[0] * (2 if eval_keys else 1)
-        fig, axes = plt.subplots(1, 2 if eval_keys else 1, figsize=(width, plotting.FIGSIZE[1]), squeeze=False)
+        fig, axes = plt.subplots(1, ncols, figsize=(plotting.FIGSIZE[0] * ncols, plotting.FIGSIZE[1]), squeeze=False)
         try:
-            plotting.metric_curves(self.history, ["success", "invalid_rate"], ax=axes[0, 0], ylabel="fraction",
-                                   labels={"invalid_rate": "invalid-action rate"}, title=f"training ({self.cfg.algo})")
-            if eval_keys:
-                plotting.metric_curves(self.history, main, ax=axes[0, 1], labels=label, ylabel="success",
-                                       title="greedy evaluation")
-                plotting.metric_curves(self.history, [k for k in eval_keys if k not in main], ax=axes[0, 1],
-                                       labels=label, linestyle="--", linewidth=1)
-            for ax in axes.ravel():
-                ax.set_ylim(-0.03, 1.03)
+            draw(plotting, axes[0])
             return plotting.save(fig, "curves", self.run_dir)
         except Exception as exc:  # noqa: BLE001 - a figure is not worth a run
             warnings.warn(f"could not draw {os.path.join(self.run_dir, 'curves.png')}: {exc!r}", stacklevel=2)
             return None
         finally:
             plt.close(fig)
+
+    def write_curves(self) -> str | None:
+        """Draw ``<run_dir>/curves.png``: training success and invalid-action rate (left), and every
+        ``eval_*_success`` (right: the pooled and per-split ones solid, per task type dashed) against
+        environment steps (:meth:`save_curves`)."""
+        keys = {k for row in self.history for k in row}
+        eval_keys = sorted(k for k in keys if k.startswith("eval_") and k.endswith("_success"))
+        main = [k for k in ["eval_success"] + [f"{s.prefix}success" for s in self.eval_sets if s.split] if k in keys]
+        pooled = "all splits" if any(s.split for s in self.eval_sets) else "held-out"
+        label = {k: pooled if k == "eval_success" else k[len("eval_"):-len("_success")] for k in eval_keys}
+
+        def draw(plotting, axes) -> None:
+            plotting.metric_curves(self.history, ["success", "invalid_rate"], ax=axes[0], ylabel="fraction",
+                                   labels={"invalid_rate": "invalid-action rate"}, title=f"training ({self.cfg.algo})")
+            if eval_keys:
+                plotting.metric_curves(self.history, main, ax=axes[1], labels=label, ylabel="success",
+                                       title="greedy evaluation")
+                plotting.metric_curves(self.history, [k for k in eval_keys if k not in main], ax=axes[1],
+                                       labels=label, linestyle="--", linewidth=1)
+            for ax in axes:
+                ax.set_ylim(-0.03, 1.03)
+
+        return self.save_curves(2 if eval_keys else 1, draw)
 
     def progress_desc(self) -> str:
         return f"{self.cfg.algo} {self.cfg.model}"

@@ -8,6 +8,8 @@ The pieces, in the order data flows through them::
 * :mod:`gagpo.advantages` — pure numpy estimators (REINFORCE, GRPO, RLOO, GAE, GiGPO, GAGPO);
 * :mod:`gagpo.registry` — the estimators by name: :func:`register_estimator` adds one to both
   trainers, the command line and the plots; :func:`compute_advantages` runs any of them;
+* :mod:`gagpo.config` — the settings that every configuration shares: :class:`EstimatorSettings` (what
+  the estimators read) and :class:`RunSettings` (seeds, rollouts, update, evaluation, run directory);
 * :mod:`gagpo.losses` — the PPO clipped surrogate with token- or action-level ratios;
 * :mod:`gagpo.policies`, :mod:`gagpo.rollout`, :mod:`gagpo.trainer` — the toy-chapter stack.
 
@@ -25,6 +27,7 @@ from .advantages import (
     rloo_advantages,
 )
 from .batch import StepBatch
+from .config import EstimatorSettings, RunSettings
 from .registry import compute_advantages, estimator_names, get_estimator, register_estimator
 
 __version__ = "0.1.0"
@@ -44,4 +47,6 @@ __all__ = [
     "compute_advantages",
     "estimator_names",
     "get_estimator",
+    "EstimatorSettings",
+    "RunSettings",
 ]

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gpu_parser(p_gpu)
 
     p_bench = sub.add_parser("bench", help="benchmarks", description="Benchmarks that print tables.")
-    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration,lm}")
+    bsub = p_bench.add_subparsers(dest="bench", required=True, metavar="{throughput,credit,ablations,proxy,iteration,lm,lm-learning}")
     p_tp = bsub.add_parser("throughput", help="rows/s of the GRPO, GiGPO and GAGPO estimators at four batch sizes",
                            description="Time the estimators on synthetic batches (groups × 8 trajectories × 50 steps, ~60 distinct observations per group).")
     p_tp.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 512], help="numbers of rollout groups (default: %(default)s)")
@@ -95,6 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
                                        "writes figures/iteration_time.{png,md,csv}.")
     p_it.add_argument("--iterations", type=int, default=30, help="iterations per algorithm (default: %(default)s)")
     p_it.add_argument("--figures-dir", default=None, help="where to write figures and tables (default: figures/)")
+
+    # an LM agent that learns: SFT warm start, then RL (gagpo.llm.learning)
+    p_ll = bsub.add_parser("lm-learning", help="an LM agent under RL from one SFT warm start: GRPO, GiGPO, GAGPO, PPO",
+                           description="Fine-tune the book's word-level model on MiniHousehold (level 1) expert episodes (one SFT "
+                                       "warm start, shared), then train it with each algorithm for every seed with the same env-step "
+                                       "budget; held-out greedy success over training, medians with bootstrap intervals. Resumable: "
+                                       "finished runs under <root>/<profile>/ are reused, interrupted ones resume. Writes "
+                                       "figures/lm_learning[_quick].{csv,md,png} (--quick: under <root>/quick/figures). On 2 CPU "
+                                       "cores: --quick a few minutes, the full profile (5 seeds) about 45 minutes.")
+    p_ll.add_argument("--quick", action="store_true", help="the quick profile (3 seeds, a short RL budget; a smoke run)")
+    p_ll.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's RL seeds")
+    p_ll.add_argument("--algos", nargs="+", default=None, choices=estimator_names(), help="override the profile's algorithms")
+    p_ll.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
+    p_ll.add_argument("--workers", type=int, default=2, help="parallel training processes (default: %(default)s)")
+    p_ll.add_argument("--root", default="runs/lm_learning", help="where the runs live; reruns skip finished runs (default: %(default)s)")
+    p_ll.add_argument("--figures-dir", default=None,
+                      help="where to write the CSV, report and figure (default: figures/; with --quick <root>/quick/figures)")
+    p_ll.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     # a language model of real shape with random weights (gagpo.llm.bench; defaults = LMBenchSettings')
     p_lm = bsub.add_parser("lm", help="env steps/s and peak memory of rollout, scoring and update for a Qwen2.5-shaped LM",
@@ -289,6 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         from .credit import iteration_time
 
         iteration_time(args.iterations, figures_dir=args.figures_dir)
+        return 0
+    if args.command == "bench" and args.bench == "lm-learning":
+        from .llm.learning import lm_learning
+
+        lm_learning(quick=args.quick, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
+                    figures_dir=args.figures_dir, progress=args.progress, report_only=args.report_only,
+                    command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
     if args.command == "bench" and args.bench == "lm":
         from .llm.bench import lm_throughput, settings_from_args

@@ -2,7 +2,7 @@
 
 Every field carries its documentation in ``metadata["help"]`` and its constraints (``choices``,
 bounds ``ge``/``gt``/``le``/``lt``, a ``check`` function; float values must be finite) beside it,
-in the field helper :func:`_f`. That one table is read twice: by :func:`validate` in each config's
+in the field helper :func:`setting`. That one table is read twice: by :func:`validate` in each config's
 ``__post_init__`` (a :class:`ConfigError`, a ``ValueError`` naming the field) and by
 :func:`add_dataclass_arguments`, whose argparse types refuse a bad value at parse time
 (``error: argument --lr: lr must be > 0; got -1.0``, exit status 2). ``python -m gagpo train --help``
@@ -65,9 +65,9 @@ class ConfigError(ValueError):
         return "--" + self.field.replace("_", "-")
 
 
-def _f(default: Any, help: str, choices: tuple | Callable[[], Iterable] | None = None, *,  # noqa: A002 - argparse's name
-       ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-       check: Callable[[Any], None] | None = None, **kw) -> Any:
+def setting(default: Any, help: str, choices: tuple | Callable[[], Iterable] | None = None, *,  # noqa: A002 - argparse's name
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            check: Callable[[Any], None] | None = None, **kw) -> Any:
     """A dataclass field with its help text and its constraints: ``choices`` (a tuple, or a function
     returning them, called whenever a value is checked: e.g. the estimator registry's names, which
     grow when an estimator is registered); the bounds ``ge`` (>=), ``gt`` (>), ``le`` (<=), ``lt`` (<);
@@ -218,15 +218,15 @@ class EstimatorSettings:
     configuration that :func:`gagpo.registry.compute_advantages` and :func:`gagpo.trainer.critic_targets`
     accept (``EstimatorSettings(algo="gigpo", gamma=0.9)``), validated like the others."""
 
-    algo: str = _f("gagpo", "advantage estimator: a name of the estimator registry (gagpo.registry)", choices=estimator_names)
-    gamma: float = _f(0.95, "discount factor γ", ge=0, le=1)
-    lam: float = _f(0.95, "GAE λ (gagpo, ppo)", ge=0, le=1)
-    norm: str = _f("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", choices=NORMS)
-    step_weight: float = _f(1.0, "GiGPO: weight ω of the step-level (anchor-state) term", ge=0)
-    reinforce_baseline: str = _f("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
-    adv_eps: float = _f(1e-6, "ε added to standard deviations in normalisations", gt=0)
-    anchor_match: str = _f("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
-    anchor_threshold: float = _f(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this", ge=0, le=1)
+    algo: str = setting("gagpo", "advantage estimator: a name of the estimator registry (gagpo.registry)", choices=estimator_names)
+    gamma: float = setting(0.95, "discount factor γ", ge=0, le=1)
+    lam: float = setting(0.95, "GAE λ (gagpo, ppo)", ge=0, le=1)
+    norm: str = setting("mean_std", "advantage normalisation within each rollout group (grpo, gigpo, gagpo); ppo normalises over the batch", choices=NORMS)
+    step_weight: float = setting(1.0, "GiGPO: weight ω of the step-level (anchor-state) term", ge=0)
+    reinforce_baseline: str = setting("step_mean", "REINFORCE baseline: none, mean or step_mean", choices=("none", "mean", "step_mean"))
+    adv_eps: float = setting(1e-6, "ε added to standard deviations in normalisations", gt=0)
+    anchor_match: str = setting("exact", "anchor states (gigpo, gagpo): 'exact' observation text, or 'near' duplicates merged within a group (gagpo.anchors)", choices=ANCHOR_MATCHES)
+    anchor_threshold: float = setting(0.8, "anchor_match 'near': merge observations whose word-bigram Jaccard similarity to a more-visited one is >= this", ge=0, le=1)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -241,37 +241,37 @@ class RunSettings:
     configurations are built from it, not from this class."""
 
     # --- what to train on
-    env: str = _f("toy_envs/KeyDoor-v0", "gymnasium id of a text environment (toy_envs/OpenGrid-v0, toy_envs/KeyDoor-v0, toy_envs/MiniHousehold-v0) or an alias (keydoor, household)", check=check_env)
-    env_kwargs: dict = _f({}, "extra keyword arguments for gymnasium.make, as JSON, e.g. '{\"size\": 6}'", check=parse_env_kwargs)
-    max_steps: int = _f(0, "step limit per episode; 0 keeps the environment's registered limit", ge=0)
-    seed: int = _f(0, "seed of the run: initial weights, task sampling and action sampling", ge=0)
+    env: str = setting("toy_envs/KeyDoor-v0", "gymnasium id of a text environment (toy_envs/OpenGrid-v0, toy_envs/KeyDoor-v0, toy_envs/MiniHousehold-v0) or an alias (keydoor, household)", check=check_env)
+    env_kwargs: dict = setting({}, "extra keyword arguments for gymnasium.make, as JSON, e.g. '{\"size\": 6}'", check=parse_env_kwargs)
+    max_steps: int = setting(0, "step limit per episode; 0 keeps the environment's registered limit", ge=0)
+    seed: int = setting(0, "seed of the run: initial weights, task sampling and action sampling", ge=0)
 
     # --- rollouts
-    iterations: int = _f(300, "number of training iterations (rollout -> advantages -> update)", ge=1)
-    tasks_per_iter: int = _f(8, "rollout groups per iteration (distinct task seeds)", ge=1)
-    group_size: int = _f(8, "trajectories per group, all started from the same task seed (G)", ge=1)
-    n_train_tasks: int = _f(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration", ge=0)
+    iterations: int = setting(300, "number of training iterations (rollout -> advantages -> update)", ge=1)
+    tasks_per_iter: int = setting(8, "rollout groups per iteration (distinct task seeds)", ge=1)
+    group_size: int = setting(8, "trajectories per group, all started from the same task seed (G)", ge=1)
+    n_train_tasks: int = setting(0, "size of a fixed pool of training task seeds 0..n-1; 0 draws fresh task seeds (< 10000) every iteration", ge=0)
 
     # --- update
-    lr: float = _f(1e-3, "Adam learning rate of the policy", gt=0)
-    update_epochs: int = _f(4, "passes over each iteration's rollouts (PPO epochs)", ge=1)
-    clip_eps: float = _f(0.2, "PPO clip range ε", ge=0)
-    entropy_coef: float = _f(0.01, "entropy bonus coefficient", ge=0)
-    ratio_level: str = _f("action", "importance ratio per 'action' or per 'token' (identical for one-token toy actions)", choices=("action", "token"))
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)", ge=0)
-    max_nonfinite_steps: int = _f(3, "skip an optimizer step whose log-probs, loss or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row", ge=1)
-    value_lr: float = _f(1e-2, "PPO: Adam learning rate of the learned critic", gt=0)
+    lr: float = setting(1e-3, "Adam learning rate of the policy", gt=0)
+    update_epochs: int = setting(4, "passes over each iteration's rollouts (PPO epochs)", ge=1)
+    clip_eps: float = setting(0.2, "PPO clip range ε", ge=0)
+    entropy_coef: float = setting(0.01, "entropy bonus coefficient", ge=0)
+    ratio_level: str = setting("action", "importance ratio per 'action' or per 'token' (identical for one-token toy actions)", choices=("action", "token"))
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables)", ge=0)
+    max_nonfinite_steps: int = setting(3, "skip an optimizer step whose log-probs, loss or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row", ge=1)
+    value_lr: float = setting(1e-2, "PPO: Adam learning rate of the learned critic", gt=0)
 
     # --- evaluation, logging, checkpoints
-    eval_every: int = _f(20, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables", ge=0)
-    eval_episodes: int = _f(50, "number of held-out task seeds per evaluation: the first n of the environment's EVAL_SEEDS (at most their number, 100 for the toy environments)", ge=0)
-    eval_greedy: bool = _f(True, "evaluate the greedy (arg-max) policy instead of sampling")
-    out_dir: str = _f("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<algo>-seed<seed>")
-    checkpoint_every: int = _f(10, "save a checkpoint every k iterations (and at the end); 0 only at the end", ge=0)
-    resume: bool = _f(False, "continue from the checkpoint in out_dir if one exists")
-    overwrite: bool = _f(False, "replace the run in out_dir (its metrics and checkpoints are deleted); without it, and without --resume, a directory that holds a run is refused")
-    progress: bool = _f(True, "show a progress bar")
-    threads: int = _f(1, "torch CPU threads; 0 keeps torch's default (1 is fastest for these small models and keeps runs deterministic)", ge=0)
+    eval_every: int = setting(20, "evaluate on held-out task seeds every k iterations (and at the end); 0 disables", ge=0)
+    eval_episodes: int = setting(50, "number of held-out task seeds per evaluation: the first n of the environment's EVAL_SEEDS (at most their number, 100 for the toy environments)", ge=0)
+    eval_greedy: bool = setting(True, "evaluate the greedy (arg-max) policy instead of sampling")
+    out_dir: str = setting("", "run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<algo>-seed<seed>")
+    checkpoint_every: int = setting(10, "save a checkpoint every k iterations (and at the end); 0 only at the end", ge=0)
+    resume: bool = setting(False, "continue from the checkpoint in out_dir if one exists")
+    overwrite: bool = setting(False, "replace the run in out_dir (its metrics and checkpoints are deleted); without it, and without --resume, a directory that holds a run is refused")
+    progress: bool = setting(True, "show a progress bar")
+    threads: int = setting(1, "torch CPU threads; 0 keeps torch's default (1 is fastest for these small models and keeps runs deterministic)", ge=0)
 
 
 #: The shared settings by name: every field of :class:`EstimatorSettings` and :class:`RunSettings`.
@@ -284,20 +284,26 @@ ESTIMATOR_SETTINGS: dict[str, dict[str, Any]] = {
     f.name: {"default": f.default, **f.metadata} for f in dataclasses.fields(EstimatorSettings) if f.name != "algo"}
 
 
-def shared(name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:  # noqa: A002 - as in _f
-    """The shared setting ``name`` (a field of :class:`EstimatorSettings` or :class:`RunSettings`) as a
-    field of a configuration: the same constraints (choices, bounds, check); ``default`` and ``help``,
-    when given, replace the shared ones for this configuration only."""
-    try:
-        base = SHARED_FIELDS[name]
-    except KeyError:
-        raise ValueError(f"no shared setting {name!r}; the shared settings are {sorted(SHARED_FIELDS)}") from None
+def copy_field(base: dataclasses.Field, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:  # noqa: A002 - as in setting
+    """The dataclass field ``base`` as a field of another configuration: the same constraints (choices,
+    bounds, check); ``default`` and ``help``, when given, replace ``base``'s for that configuration only."""
     meta = dict(base.metadata)
     if help is not None:
         meta["help"] = help
     if default is dataclasses.MISSING:
         default = base.default if base.default is not dataclasses.MISSING else base.default_factory()
     return _field(default, meta)
+
+
+def shared(name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:  # noqa: A002 - as in setting
+    """The shared setting ``name`` (a field of :class:`EstimatorSettings` or :class:`RunSettings`) as a
+    field of a configuration (:func:`copy_field`): the same constraints; ``default`` and ``help``, when
+    given, replace the shared ones for this configuration only."""
+    try:
+        base = SHARED_FIELDS[name]
+    except KeyError:
+        raise ValueError(f"no shared setting {name!r}; the shared settings are {sorted(SHARED_FIELDS)}") from None
+    return copy_field(base, default, help)
 
 
 class BaseConfig:
@@ -358,7 +364,7 @@ class TrainConfig(BaseConfig):
 
     # --- rollouts
     iterations: int = shared("iterations")
-    env_step_budget: int = _f(0, "stop once this many environment steps have been taken (checked after each iteration); 0 = no limit", ge=0)
+    env_step_budget: int = setting(0, "stop once this many environment steps have been taken (checked after each iteration); 0 = no limit", ge=0)
     tasks_per_iter: int = shared("tasks_per_iter")
     group_size: int = shared("group_size")
     n_train_tasks: int = shared("n_train_tasks")
@@ -374,18 +380,18 @@ class TrainConfig(BaseConfig):
     anchor_threshold: float = shared("anchor_threshold")
 
     # --- policy and update
-    policy: str = _f("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
-    hidden: int = _f(64, "hidden width of the text policy and critic", ge=1)
+    policy: str = setting("text", "policy class: 'text' (bag-of-words MLP, generalises across layouts) or 'tabular' (one logit per observation-action pair)", choices=POLICIES)
+    hidden: int = setting(64, "hidden width of the text policy and critic", ge=1)
     lr: float = shared("lr")
     update_epochs: int = shared("update_epochs")
-    minibatches: int = _f(2, "minibatches per epoch", ge=1)
+    minibatches: int = setting(2, "minibatches per epoch", ge=1)
     clip_eps: float = shared("clip_eps")
     entropy_coef: float = shared("entropy_coef")
     max_grad_norm: float = shared("max_grad_norm")
     max_nonfinite_steps: int = shared("max_nonfinite_steps")
     ratio_level: str = shared("ratio_level")
     value_lr: float = shared("value_lr")
-    value_epochs: int = _f(4, "PPO: critic regression passes per iteration", ge=1)
+    value_epochs: int = setting(4, "PPO: critic regression passes per iteration", ge=1)
 
     # --- evaluation, logging, checkpoints
     eval_every: int = shared("eval_every")

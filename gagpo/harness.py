@@ -72,14 +72,15 @@ def finished_history(cfg: TrainConfig) -> list[dict[str, Any]] | None:
     with open(cfg_path) as fh:
         saved = json.load(fh)
     now = cfg.to_dict()
-    diff = config_mismatch({k: v for k, v in saved.items() if k in now}, now, TrainConfig.RESUMABLE)
+    diff = config_mismatch({k: v for k, v in saved.items() if k in now}, now, type(cfg).RESUMABLE)
     if diff:
         raise ValueError(f"{run_dir} holds a run with a different configuration {diff} (saved, now); delete it or use another root")
     history = read_jsonl(metrics_path)
     if not history:
         return None
     last = history[-1]
-    budget_spent = cfg.env_step_budget > 0 and last["env_steps"] >= cfg.env_step_budget
+    budget = getattr(cfg, "env_step_budget", 0)  # the language-model trainer has none
+    budget_spent = budget > 0 and last["env_steps"] >= budget
     if budget_spent or last["iteration"] >= cfg.iterations:
         return history
     return None
@@ -98,12 +99,31 @@ def _acquire_run_lock(run_dir: str, poll_s: float = 5.0) -> RunLock | None:
     return None
 
 
-def _train_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
-    """Train one run (under a run-directory lock) and append its wall and CPU seconds to
-    ``<run_dir>/timing.jsonl`` (one line per invocation, so a resumed run adds a line)."""
-    from .trainer import train
+#: configuration class name -> (module, class, module of its train function, the function): what
+#: :func:`run_configs` trains — the toy trainer and the language-model trainer. Named by strings so
+#: that this module imports no torch.
+TRAINERS: dict[str, tuple[str, str, str, str]] = {
+    "TrainConfig": ("gagpo.config", "TrainConfig", "gagpo.trainer", "train"),
+    "LMTrainConfig": ("gagpo.llm.train", "LMTrainConfig", "gagpo.llm.train", "train_lm"),
+}
 
-    cfg = TrainConfig(**cfg_dict)
+
+def _trainer(kind: str) -> tuple[Any, Any]:
+    """The configuration class and the train function of :data:`TRAINERS` entry ``kind``."""
+    import importlib
+
+    if kind not in TRAINERS:
+        raise ValueError(f"run_configs trains {sorted(TRAINERS)} configurations; got a {kind}")
+    cfg_mod, cfg_cls, fn_mod, fn = TRAINERS[kind]
+    return getattr(importlib.import_module(cfg_mod), cfg_cls), getattr(importlib.import_module(fn_mod), fn)
+
+
+def _train_one(cfg_dict: dict[str, Any], kind: str = "TrainConfig") -> list[dict[str, Any]]:
+    """Train one run (under a run-directory lock) and append its wall and CPU seconds to
+    ``<run_dir>/timing.jsonl`` (one line per invocation, so a resumed run adds a line). ``kind``
+    names the configuration class (:data:`TRAINERS`)."""
+    cls, train = _trainer(kind)
+    cfg = cls(**cfg_dict)
     while True:
         lock = _acquire_run_lock(cfg.run_dir())
         if lock is not None:
@@ -122,9 +142,12 @@ def _train_one(cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
     return history
 
 
-def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "runs", progress: bool = True,
+def run_configs(configs: Sequence[Any], workers: int = 2, desc: str = "runs", progress: bool = True,
                 train: bool = True) -> list[list[dict[str, Any]] | None]:
     """Train every configuration not finished yet, ``workers`` processes at a time; return all histories.
+
+    The configurations are :class:`~gagpo.config.TrainConfig` (the toy trainer) or
+    :class:`~gagpo.llm.train.LMTrainConfig` (the language-model trainer), see :data:`TRAINERS`.
 
     Finished runs (see :func:`finished_history`) are loaded, not retrained; interrupted ones resume
     from their last checkpoint (``resume=True``) and replay exactly what an uninterrupted run
@@ -143,13 +166,13 @@ def run_configs(configs: Sequence[TrainConfig], workers: int = 2, desc: str = "r
     try:
         if workers <= 1:
             for i in todo:
-                results[i] = _train_one(dataclasses.asdict(configs[i]))
+                results[i] = _train_one(dataclasses.asdict(configs[i]), type(configs[i]).__name__)
                 if bar is not None:
                     bar.update(1)
         elif todo:
             # "spawn": fresh interpreters, safe to start from a notebook kernel (forking a process with threads is not)
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-                futures = {ex.submit(_train_one, dataclasses.asdict(configs[i])): i for i in todo}
+                futures = {ex.submit(_train_one, dataclasses.asdict(configs[i]), type(configs[i]).__name__): i for i in todo}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     if bar is not None:

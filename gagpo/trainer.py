@@ -1,6 +1,6 @@
 """The toy trainer: rollout → advantages → PPO-clip update, for every estimator, on a small policy network.
 
-The algorithms differ only in :func:`compute_advantages`; the rollout, the clipped surrogate
+The algorithms differ only in :func:`rollout_advantages`; the rollout, the clipped surrogate
 (:func:`gagpo.losses.ppo_clip_loss`), evaluation, logging and checkpoints are shared. With one
 update epoch and one minibatch the clipped surrogate's gradient equals the plain policy gradient
 (the ratio is 1 at the first step), so ``reinforce`` is REINFORCE proper under those settings.
@@ -34,7 +34,7 @@ from .runloop import TRAIN_SEED_RANGE, RunLoop, anchor_histogram  # RunLoop and 
 from .tables import write_csv  # re-exported
 
 
-def compute_advantages(cfg: EstimatorSettings, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
+def rollout_advantages(cfg: EstimatorSettings, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Per-row advantages of the estimator ``cfg.algo`` for one rollout (``advantages``, (N,)):
     :func:`gagpo.registry.compute_advantages` with the settings of ``cfg`` (any object with the
     fields of :class:`~gagpo.config.EstimatorSettings`: a :class:`TrainConfig`, an
@@ -94,8 +94,8 @@ class Trainer(RunLoop):
                        self.action_generator(self.iteration))
 
     def advantages(self, rollout: Rollout) -> dict[str, np.ndarray]:
-        """:func:`compute_advantages` of ``cfg.algo``, with the value network for a critic estimator."""
-        return compute_advantages(self.cfg, rollout, self.value_net)
+        """:func:`rollout_advantages` of ``cfg.algo``, with the value network for a critic estimator."""
+        return rollout_advantages(self.cfg, rollout, self.value_net)
 
     # ------------------------------------------------------------------ update
     def update(self, rollout: Rollout, targets: dict[str, np.ndarray]) -> dict[str, float]:
@@ -234,5 +234,9 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     return Trainer(cfg).train()
 
 
-__all__ = ["RunLoop", "Trainer", "train", "compute_advantages", "critic_targets", "write_csv", "anchor_histogram",
+compute_advantages = rollout_advantages
+"""Deprecated name of :func:`rollout_advantages` (chapters 8 and 9 call it so); not to be confused with
+:func:`gagpo.registry.compute_advantages`, the numpy estimator of one ``StepBatch``."""
+
+__all__ = ["RunLoop", "Trainer", "train", "rollout_advantages", "critic_targets", "write_csv", "anchor_histogram",
            "TRAIN_SEED_RANGE"]

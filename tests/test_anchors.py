@@ -153,7 +153,7 @@ def test_config_validates_anchor_fields():
 
 
 def test_trainer_uses_near_duplicate_anchors(tmp_path):
-    from gagpo.trainer import compute_advantages
+    from gagpo.trainer import rollout_advantages
 
     base = dict(env="toy_envs/OpenGrid-v0", env_kwargs={"size": 4}, algo="gagpo", iterations=1, tasks_per_iter=2,
                 group_size=8, eval_every=0, progress=False, out_dir=str(tmp_path / "run"))
@@ -163,12 +163,12 @@ def test_trainer_uses_near_duplicate_anchors(tmp_path):
 
     rollout = collect(trainer.pool, trainer.policy, [1, 2], 8, trainer.action_generator(5))
     assert 0 < rollout.success_rate < 1
-    exact = compute_advantages(TrainConfig(**base), rollout)["advantages"]
-    near = compute_advantages(TrainConfig(**base, anchor_match="near", anchor_threshold=0.7), rollout)["advantages"]
+    exact = rollout_advantages(TrainConfig(**base), rollout)["advantages"]
+    near = rollout_advantages(TrainConfig(**base, anchor_match="near", anchor_threshold=0.7), rollout)["advantages"]
     expected = gagpo_advantages(near_duplicate_batch(rollout.batch, 0.7), 0.95, 0.95)
     assert np.allclose(near, expected)
     assert not np.allclose(near, exact)  # neighbouring cells share most bigrams: merging changes the advantages
-    grpo = compute_advantages(TrainConfig(**{**base, "algo": "grpo"}, anchor_match="near"), rollout)["advantages"]
-    assert np.allclose(grpo, compute_advantages(TrainConfig(**{**base, "algo": "grpo"}), rollout)["advantages"])
+    grpo = rollout_advantages(TrainConfig(**{**base, "algo": "grpo"}, anchor_match="near"), rollout)["advantages"]
+    assert np.allclose(grpo, rollout_advantages(TrainConfig(**{**base, "algo": "grpo"}), rollout)["advantages"])
     trainer.pool.close()
     trainer.eval_pool.close()

@@ -18,11 +18,11 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from gagpo.config import add_dataclass_arguments, dataclass_from_args  # noqa: E402
-from gagpo.llm.policy import LMPolicy  # noqa: E402
+from gagpo.llm.policy import LMPolicy, TokenLogprobs  # noqa: E402
 from gagpo.llm.tiny import tiny_model_path  # noqa: E402
 from gagpo.llm.train import (LM_ALGOS, LMTrainConfig, LMTrainer, action_level_loss, evaluation_metrics,  # noqa: E402
                               train_lm)
-from gagpo.trainer import compute_advantages  # noqa: E402
+from gagpo.trainer import rollout_advantages  # noqa: E402
 
 TIMING = ("time_rollout", "time_reference", "time_advantage", "time_update", "gen_tokens_per_s", "update_tokens_per_s")
 LOGGED = ("success", "return", "episode_length", "invalid_rate", "clip_fraction", "approx_kl", "kl_ref",
@@ -56,7 +56,7 @@ def test_tokens_of_one_action_share_one_ratio(random_policy, monkeypatch, level)
     old = [(new[b, :n] + torch.randn(n, generator=gen) * 0.3).numpy() for b, n in enumerate(lengths)]
     mask = torch.arange(4)[None, :] < torch.tensor(lengths)[:, None]
     leaf = torch.where(mask, new, torch.zeros(())).requires_grad_(True)
-    monkeypatch.setattr(pol, "token_logprobs", lambda *a, **k: (leaf, mask))
+    monkeypatch.setattr(pol, "token_logprobs", lambda *a, **k: TokenLogprobs(leaf, mask))
     adv = torch.tensor([1.0, -0.5, 2.0])
     cfg = LMTrainConfig(ratio_level=level, clip_eps=100.0, clip_eps_high=100.0, kl_coef=0.0)  # no clipping
     loss, diag = action_level_loss(pol, prompts, responses, old, adv, None, cfg)
@@ -121,7 +121,7 @@ def test_an_update_raises_the_surrogate(tmp_path):
     trainer = LMTrainer(cfg)
     trainer.iteration = 1
     rollout = trainer.rollout()
-    adv = compute_advantages(trainer.cfg, rollout)["advantages"]  # the LM configuration has the estimator fields
+    adv = rollout_advantages(trainer.cfg, rollout)["advantages"]  # the LM configuration has the estimator fields
     assert np.abs(adv).sum() > 0
     trainer.update(rollout, {"advantages": adv, "ref_logp": None})
     logp, mask = trainer.policy.token_logprobs(rollout.prompt_ids, rollout.response_ids)

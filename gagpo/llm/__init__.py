@@ -5,12 +5,17 @@ The pieces, kept apart as the rest of the library keeps environment, rollout and
     prompts.py   task + observation + history + admissible actions  ->  prompt text
     parsing.py   response text  ->  ParsedAction(command, valid, reason)
     tiny.py      an offline tiny Llama + word-level tokenizer (no download)
-    policy.py    LMPolicy: batched sampling, teacher-forced token log-probs (current/old/reference)
+    policy.py    LMPolicy: the facade of the four parts below, what rollouts and trainers hold
+    encoding.py  PromptCodec: tokenizer, chat template, prompt/response encoding, padding
+    engine.py    rollout engines: batched sampling on a serving copy of the weights
+    actor.py     Actor: teacher-forced token log-probs (TokenLogprobs), hidden states, LoRA, dtype
+    reference.py Reference: the reference policy for the KL penalty (frozen copy, or adapters off)
+    devices.py   --device and --dtype by name -> torch objects
     rollout.py   collect_lm: group rollouts with generated text -> StepBatch + token data
     value.py     ValueHead: a learned critic V(s) on the policy's hidden state (algo "ppo")
     train.py     LMTrainConfig, train_lm: rollout -> gagpo.advantages -> ppo_clip_loss; evaluation per split
 
-Only ``policy``, ``rollout``, ``value`` and ``train`` need torch; ``transformers`` is imported when a model is built.
+``prompts``, ``parsing`` and ``devices`` load no torch when imported; ``transformers`` is imported when a model is built.
 The names below are imported lazily, on first access: ``import gagpo.llm.prompts`` loads no torch.
 """
 import importlib
@@ -23,15 +28,15 @@ _LAZY = {
     **dict.fromkeys(("DEFAULT_TEMPLATE", "PromptTemplate", "build_messages", "build_prompt", "extract_task",
                      "render_prompt"), "prompts"),
     **dict.fromkeys(("build_tiny_model", "build_tiny_tokenizer", "tiny_model_path"), "tiny"),
-    **dict.fromkeys(("Generation", "LMPolicy", "LoraSettings", "SamplingSettings"), "policy"),
+    **dict.fromkeys(("Generation", "LMPolicy", "LoraSettings", "SamplingSettings", "TokenLogprobs"), "policy"),
     **dict.fromkeys(("NO_ACTION", "LMRollout", "collect_lm"), "rollout"),
     **dict.fromkeys(("ValueHead", "next_state_values"), "value"),
     **dict.fromkeys(("LM_ALGOS", "EvalSet", "LMTrainConfig", "LMTrainer", "evaluation_metrics", "train_lm"), "train"),
 }
 
 
-_SUBMODULES = ("bench", "engine", "experts", "gpucheck", "parsing", "policy", "prompts", "rollout", "sft", "tiny",
-               "train", "value")
+_SUBMODULES = ("actor", "bench", "devices", "encoding", "engine", "experts", "gpucheck", "learning", "parsing", "policy", "prompts",
+               "reference", "rollout", "sft", "tiny", "train", "value")
 
 
 def __getattr__(name: str) -> Any:
@@ -53,7 +58,7 @@ __all__ = [
     "ParsedAction", "parse_action", "normalize_command",
     "PromptTemplate", "DEFAULT_TEMPLATE", "build_prompt", "build_messages", "render_prompt", "extract_task",
     "build_tiny_model", "build_tiny_tokenizer", "tiny_model_path",
-    "LMPolicy", "LoraSettings", "SamplingSettings", "Generation",
+    "LMPolicy", "LoraSettings", "SamplingSettings", "Generation", "TokenLogprobs",
     "LMRollout", "collect_lm", "NO_ACTION",
     "ValueHead", "next_state_values",
     "LMTrainConfig", "LMTrainer", "train_lm", "LM_ALGOS", "EvalSet", "evaluation_metrics",

@@ -73,7 +73,8 @@ import numpy as np
 import torch
 
 from ..tables import write_csv
-from .policy import LMPolicy, LoraSettings, SamplingSettings, _resolve_device, resolve_dtypes
+from .devices import DTYPE_CHOICES, resolve_device, resolve_dtypes
+from .policy import LMPolicy, LoraSettings, SamplingSettings
 from .train import LMTrainConfig, action_level_loss
 
 __all__ = ["MODEL_CONFIGS", "DOCUMENTED_PARAMS", "LMBenchSettings", "IdTokenizer", "model_config", "count_parameters",
@@ -122,8 +123,8 @@ class LMBenchSettings:
     def __post_init__(self) -> None:
         if self.model_config not in MODEL_CONFIGS:
             raise ValueError(f"unknown model_config {self.model_config!r}; expected one of {list(MODEL_CONFIGS)}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {list(_DTYPES)}")
+        if self.dtype not in BENCH_DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {list(BENCH_DTYPES)}")
         for name in ("batch", "prompt_tokens", "new_tokens", "micro_batch", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -136,7 +137,7 @@ class LMBenchSettings:
         if not self.avg_steps > 0:
             raise ValueError(f"avg_steps must be > 0; got {self.avg_steps}")
         try:
-            device = _resolve_device(self.device)
+            device = resolve_device(self.device)
         except RuntimeError as exc:
             raise ValueError(f"unknown device {self.device!r}; expected auto, cpu, cuda or cuda:N ({exc})") from None
         if device.type not in ("cpu", "cuda"):
@@ -149,7 +150,8 @@ class LMBenchSettings:
                              f"{self.model_config} context of {limit} tokens")
 
 
-_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+BENCH_DTYPES = tuple(name for name in DTYPE_CHOICES if name != "float16")
+"""The ``dtype`` values of the benchmark: those of training but float16 (whose update would need loss scaling)."""
 
 
 def model_config(name: str):
@@ -307,7 +309,7 @@ def lm_throughput(settings: LMBenchSettings | None = None, out: str | None = Non
     plus ``optimizer_step_s`` (the AdamW step alone, on the update row).
     """
     s = settings or LMBenchSettings()
-    device = _resolve_device(s.device)
+    device = resolve_device(s.device)
     log = print if verbose else (lambda *a, **k: None)
     memory = PeakMemory(device)
     t0 = time.perf_counter()

@@ -221,7 +221,7 @@ class HFEngine:
             **({"cache_implementation": "static"} if static else {}),
         )
         rows = [list(r) for r in prompt_ids]
-        autocast = policy._autocast() if model is policy.model else contextlib.nullcontext()
+        autocast = policy.autocast() if model is policy.model else contextlib.nullcontext()
         was_training = model.training
         model.eval()
         try:

@@ -42,6 +42,8 @@ import sys
 import time
 from typing import Any
 
+from .devices import resolve_device  # imports no torch
+
 __all__ = ["main", "build_parser", "STEPS", "format_report", "build_check_model"]
 
 #: (step name, time limit in seconds on a GPU)
@@ -66,21 +68,13 @@ QUICK_TRAIN_ARGS = ["--env", "toy_envs/MiniHousehold-v0", "--tasks-per-iter", "2
 
 
 # ---------------------------------------------------------------------------------------------- steps
-def _device(name: str):
-    import torch
-
-    from .policy import _resolve_device
-
-    return _resolve_device(name) if name != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def step_env(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
     from .bench import memory_bandwidth
 
-    dev = _device(args.device)
+    dev = resolve_device(args.device)
     out: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                            "transformers": transformers.__version__, "device": str(dev)}
     try:
@@ -103,7 +97,7 @@ def _masks(lengths: list[int], width: int, layout: str):
     """(B, W) 0/1 attention masks of prompts of ``lengths`` in ``layout`` 'left' or 'after-first'."""
     import torch
 
-    from .policy import pad_after_first
+    from .encoding import pad_after_first
 
     if layout == "after-first":
         return pad_after_first([[1] * n for n in lengths], 0)[1]
@@ -118,7 +112,7 @@ def step_attention(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    dev = _device(args.device)
+    dev = resolve_device(args.device)
     rows: list[dict[str, Any]] = []
     torch.manual_seed(0)
     b, h, width, d = 4, 8, 96, 64
@@ -211,10 +205,10 @@ def build_check_model(out_dir: str, device: str = "auto", quick: bool = False, s
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from .bench import MODEL_CONFIGS
-    from .policy import pad_after_first
+    from .encoding import pad_after_first
     from .tiny import _format_examples, build_tiny_tokenizer, tiny_config
 
-    dev = _device(device)
+    dev = resolve_device(device)
     steps = (20 if quick else 150) if steps is None else steps
     tok = build_tiny_tokenizer()
     cfg = tiny_config(tok)

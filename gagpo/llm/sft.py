@@ -64,14 +64,14 @@ from typing import Any, Callable, ClassVar, Sequence
 import numpy as np
 import torch
 
-from ..config import BaseConfig, ConfigError, _f, _field, check_eval_episodes
+from ..config import BaseConfig, copy_field, setting
 from ..guard import all_finite
 from ..rollout import make_env_fn
 from ..rundir import check_start
 from ..runloop import TRAIN_SEED_RANGE
 from .experts import DEFAULT_THOUGHT, ExpertEpisode, SFTExample, expert_episodes, expert_examples
 from .policy import LMPolicy
-from .train import LMTrainConfig, LMTrainer, resolve_device
+from .train import LMTrainConfig, LMTrainer
 
 __all__ = ["SFTConfig", "SFTTrainer", "sft", "as_in_train", "MODEL_DIR", "EXPERT_STEP_LIMIT", "build_parser"]
 
@@ -93,12 +93,7 @@ def as_in_train(name: str, default: Any = dataclasses.MISSING, help: str | None 
     constraints, default and help (``default`` and ``help``, when given, replace them here), so the
     settings that SFT and RL share are written once."""
     base = {f.name: f for f in dataclasses.fields(LMTrainConfig)}[name]
-    meta = dict(base.metadata)
-    if help is not None:
-        meta["help"] = help
-    if default is dataclasses.MISSING:
-        default = base.default if base.default is not dataclasses.MISSING else base.default_factory()
-    return _field(default, meta)
+    return copy_field(base, default, help)
 
 
 @dataclass
@@ -111,11 +106,8 @@ class SFTConfig(BaseConfig):
     model the prompts it was trained on.
     """
 
-    #: fields that may change between a checkpoint and the run that resumes it
-    RESUMABLE: ClassVar[tuple[str, ...]] = ("iterations", "resume", "progress", "out_dir", "checkpoint_every", "eval_every",
-                                            "eval_episodes", "eval_splits", "threads", "device", "gen_batch_size",
-                                            "micro_batch_size", "num_workers", "max_nonfinite_steps", "engine",
-                                            "overwrite")
+    #: fields that may change between a checkpoint and the run that resumes it: train's
+    RESUMABLE: ClassVar[tuple[str, ...]] = LMTrainConfig.RESUMABLE
 
     # --- model (as in train)
     model: str = as_in_train("model")
@@ -131,19 +123,19 @@ class SFTConfig(BaseConfig):
     env: str = as_in_train("env", help="gymnasium id of a text environment with an expert: exact_model() (toy_envs/MiniHousehold-v0) or stored walkthroughs (gagpo/ALFWorld-v0), or an alias (household, alfworld)")
     env_kwargs: dict = as_in_train("env_kwargs", help="extra keyword arguments for gymnasium.make, as JSON (e.g. '{\"level\": 1}' for MiniHousehold)")
     max_steps: int = as_in_train("max_steps", help="step limit of the evaluation episodes (the expert's are not cut); 0 keeps the environment's registered limit")
-    n_train_tasks: int = _f(1000, "expert episodes, one per task seed 0..n-1 (ALFWorld: at most every game of the training split, each once)", ge=1, le=TRAIN_SEED_RANGE)
+    n_train_tasks: int = setting(1000, "expert episodes, one per task seed 0..n-1 (ALFWorld: at most every game of the training split, each once)", ge=1, le=TRAIN_SEED_RANGE)
     history: int = as_in_train("history", help="past (observation, action) pairs shown in each prompt (use the RL run's value)")
     max_prompt_tokens: int = as_in_train("max_prompt_tokens", help="drop history pairs from prompts longer than this; 0 = no limit (use the RL run's value)")
-    thought: str = _f(DEFAULT_THOUGHT, "the expert's text inside <think> </think>; {command} is replaced by its command", check=_check_thought)
+    thought: str = setting(DEFAULT_THOUGHT, "the expert's text inside <think> </think>; {command} is replaced by its command", check=_check_thought)
     seed: int = as_in_train("seed", help="seed of the run: order of the pairs, LoRA initialisation, evaluation sampling")
 
     # --- optimisation
     iterations: int = as_in_train("iterations", 300, "optimizer steps (batches of --batch-size pairs; the pairs are reshuffled every epoch)")
-    batch_size: int = _f(16, "expert (prompt, response) pairs per optimizer step", ge=1)
+    batch_size: int = setting(16, "expert (prompt, response) pairs per optimizer step", ge=1)
     micro_batch_size: int = as_in_train("micro_batch_size", help="pairs per forward/backward pass (gradient accumulation inside a batch)")
     lr: float = as_in_train("lr", 1e-5, "AdamW learning rate for full-parameter training (the tiny model wants about 1e-2)")
     lora_lr: float = as_in_train("lora_lr", 1e-4)
-    lr_schedule: str = _f("linear", "learning rate over the run: linear decay to 0, or constant", choices=("linear", "constant"))
+    lr_schedule: str = setting("linear", "learning rate over the run: linear decay to 0, or constant", choices=("linear", "constant"))
     weight_decay: float = as_in_train("weight_decay")
     max_grad_norm: float = as_in_train("max_grad_norm")
     max_nonfinite_steps: int = as_in_train("max_nonfinite_steps", help="skip an optimizer step whose log-probs or gradients hold a NaN/inf (no weight change, counted in the nonfinite_steps metric); stop the run after this many skipped steps in a row")
@@ -171,15 +163,8 @@ class SFTConfig(BaseConfig):
     lora = LMTrainConfig.lora  # LoraSettings or None
     learning_rate = LMTrainConfig.learning_rate  # lora_lr with LoRA, else lr
     eval_split_names = LMTrainConfig.eval_split_names  # eval_splits, with 'auto' resolved from the environment
-
-    def check(self) -> None:
-        """The cross-field checks of ``train``'s configuration: ``eval_episodes`` against the held-out seeds
-        (without splits), ``dtype`` against the device."""
-        if not self.eval_split_names():
-            check_eval_episodes(self)
-        if self.dtype == "float16" and resolve_device(self.device).type == "cpu":
-            raise ConfigError("dtype", "dtype float16 on a CPU: sampling from half-precision logits on a CPU fails; "
-                                       "use float32 (or bfloat16), or a GPU")
+    run_name = LMTrainConfig.run_name  # <env>-<model>
+    check = LMTrainConfig.check  # train's cross-field checks: eval_episodes (without splits), dtype against the device
 
     @property
     def algo(self) -> str:
@@ -187,11 +172,7 @@ class SFTConfig(BaseConfig):
         return "sft"
 
     def run_dir(self) -> str:
-        if self.out_dir:
-            return self.out_dir
-        env = self.env.split("/")[-1].replace("-v0", "")
-        model = os.path.basename(self.model.rstrip("/")) or "model"
-        return f"runs/sft-{env}-{model}-seed{self.seed}"
+        return self.out_dir or f"runs/sft-{self.run_name()}-seed{self.seed}"
 
     def model_dir(self) -> str:
         """Where the fine-tuned model is written: ``<run_dir>/model``."""

@@ -42,7 +42,7 @@ from typing import Iterator
 import numpy as np
 
 __all__ = [
-    "TAG_TOKENS", "SPECIAL_TOKENS", "DEFAULT_FORMAT_STEPS", "TINY_MODEL_SIZES", "CHAT_TEMPLATE", "ALFWORLD_RECEPTACLES", "ALFWORLD_OBJECTS",
+    "TAG_TOKENS", "SPECIAL_TOKENS", "DEFAULT_FORMAT_STEPS", "TINY_MODEL_SIZES", "SMALL_MODEL_SIZES", "CHAT_TEMPLATE", "ALFWORLD_RECEPTACLES", "ALFWORLD_OBJECTS",
     "tiny_corpus", "build_tiny_tokenizer", "tiny_config", "build_tiny_model", "tiny_model_path", "default_cache_dir",
 ]
 
@@ -156,23 +156,29 @@ def build_tiny_tokenizer():
     )
 
 
-def tiny_config(tokenizer):
-    """The ``LlamaConfig`` of the tiny model for ``tokenizer`` (see :data:`TINY_MODEL_SIZES`)."""
+SMALL_MODEL_SIZES = dict(TINY_MODEL_SIZES, hidden_size=128, intermediate_size=256, num_hidden_layers=4)
+"""A somewhat larger word-level Llama (about 0.8M parameters): twice as wide and deep as the tiny one."""
+
+
+def tiny_config(tokenizer, sizes: dict | None = None):
+    """The ``LlamaConfig`` of the tiny model for ``tokenizer``: the shape ``sizes`` (default
+    :data:`TINY_MODEL_SIZES`; :data:`SMALL_MODEL_SIZES` is a larger one), the vocabulary and the special
+    tokens of the tokenizer, embeddings tied."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_MODEL_SIZES,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **(sizes or TINY_MODEL_SIZES),
     )
 
 
-def _fingerprint(tokenizer, seed: int, format_steps: int) -> str:
+def _fingerprint(tokenizer, seed: int, format_steps: int, sizes: dict | None = None) -> str:
     """Hash of everything the built model depends on: vocabulary, sizes, settings and the source of
     this module and of the prompt templates (the warm-up trains on rendered prompts)."""
     from . import prompts
 
     sources = [open(mod.__file__, encoding="utf-8").read() for mod in (sys.modules[__name__], prompts)]
-    blob = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()), "sizes": TINY_MODEL_SIZES, "seed": seed,
+    blob = json.dumps({"vocab": sorted(tokenizer.get_vocab().items()), "sizes": sizes or TINY_MODEL_SIZES, "seed": seed,
                        "format_steps": format_steps, "sources": sources}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -231,7 +237,7 @@ def _format_warmup(model, tokenizer, steps: int, seed: int, batch_size: int = 16
     return losses
 
 
-def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0) -> str:
+def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0, sizes: dict | None = None) -> str:
     """Build the tiny model and its tokenizer and save both to ``out_dir``; returns ``out_dir``.
 
     Args:
@@ -239,6 +245,7 @@ def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0) -> str:
         seed: seed of the random initial weights (and of the warm-up data).
         format_steps: supervised format warm-up steps (batch 16; about 0.05 s each on a CPU); 0 keeps
             the random weights.
+        sizes: the model's shape (:func:`tiny_config`; default :data:`TINY_MODEL_SIZES`).
 
     The folder holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and the
     tokenizer files; ``tiny_info.json`` records the seed, the warm-up and its losses.
@@ -247,7 +254,7 @@ def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0) -> str:
     from transformers import GenerationConfig, LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
@@ -259,12 +266,15 @@ def build_tiny_model(out_dir: str, seed: int = 0, format_steps: int = 0) -> str:
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "tiny_info.json"), "w") as fh:
         json.dump({"seed": seed, "format_steps": format_steps, "format_losses": losses,
-                   "fingerprint": _fingerprint(tokenizer, seed, format_steps)}, fh, indent=1)
+                   "fingerprint": _fingerprint(tokenizer, seed, format_steps, sizes),
+                   "sizes": sizes or TINY_MODEL_SIZES}, fh, indent=1)
     return out_dir
 
 
-def tiny_model_path(seed: int = 0, format_steps: int = DEFAULT_FORMAT_STEPS, cache_dir: str | None = None) -> str:
-    """The cached tiny model for ``(seed, format_steps)``, built on first use.
+def tiny_model_path(seed: int = 0, format_steps: int = DEFAULT_FORMAT_STEPS, cache_dir: str | None = None,
+                    sizes: dict | None = None) -> str:
+    """The cached tiny model for ``(seed, format_steps, sizes)`` (``sizes``: see :func:`tiny_config`),
+    built on first use.
 
     The folder name carries a fingerprint of the vocabulary, sizes and settings, so a change to any of
     them builds a new model instead of reusing a stale one. Building goes to a temporary folder that
@@ -272,13 +282,14 @@ def tiny_model_path(seed: int = 0, format_steps: int = DEFAULT_FORMAT_STEPS, cac
     """
     cache_dir = cache_dir or default_cache_dir()
     tokenizer = build_tiny_tokenizer()
-    path = os.path.join(cache_dir, f"tiny-seed{seed}-fmt{format_steps}-{_fingerprint(tokenizer, seed, format_steps)}")
+    name = "tiny" if sizes in (None, TINY_MODEL_SIZES) else f"tiny-h{sizes['hidden_size']}x{sizes['num_hidden_layers']}"
+    path = os.path.join(cache_dir, f"{name}-seed{seed}-fmt{format_steps}-{_fingerprint(tokenizer, seed, format_steps, sizes)}")
     if os.path.exists(os.path.join(path, "tiny_info.json")):
         return path
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".building-", dir=cache_dir)
     try:
-        build_tiny_model(tmp, seed=seed, format_steps=format_steps)
+        build_tiny_model(tmp, seed=seed, format_steps=format_steps, sizes=sizes)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished first

@@ -57,7 +57,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..config import BaseConfig, ConfigError, EstimatorSettings, _f, check_eval_episodes, env_keywords, shared
+from ..config import BaseConfig, ConfigError, EstimatorSettings, check_eval_episodes, env_keywords, setting, shared
 from ..envs.factory import EnvFactory
 from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
 from ..losses import AGGREGATIONS, ppo_clip_loss, value_loss
@@ -66,7 +66,10 @@ from ..rundir import RunDirError, atomic_write, check_start, damaged, write_erro
 from ..registry import compute_advantages, estimator_names, get_estimator
 from ..runloop import TRAIN_SEED_RANGE, RunLoop
 from ..trainer import critic_targets
-from .policy import LMPolicy, LoraSettings, SamplingSettings, pad_right, unpad_rows
+from .devices import DTYPE_CHOICES, check_device, resolve_device
+from .encoding import pad_right, unpad_rows
+from .engine import ENGINES
+from .policy import LMPolicy, LoraSettings, SamplingSettings
 from .rollout import LMRollout, collect_lm
 from .value import VALUE_HEAD_FILE, ValueHead, explained_variance, next_state_values
 
@@ -80,29 +83,6 @@ LM_ALGOS = estimator_names()
 ESTIMATOR_FIELDS = tuple(f.name for f in dataclasses.fields(EstimatorSettings))
 """The estimator's fields (:class:`gagpo.config.EstimatorSettings`, shared with :class:`gagpo.config.TrainConfig`),
 which :func:`gagpo.registry.compute_advantages` reads from an :class:`LMTrainConfig`."""
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else the CPU; any other name as ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_device(device: str) -> None:
-    """``ValueError`` unless ``device`` names a torch device that exists here (``auto`` always does)."""
-    try:
-        dev = resolve_device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda, cuda:1, ...") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{device!r} asked for, but CUDA is not available here (torch.cuda.is_available() is "
-                             f"False); use --device cpu, or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{device!r} asked for, but MPS is not available here; use --device cpu, or auto")
 
 
 def check_eval_splits(eval_splits: str) -> None:
@@ -132,16 +112,16 @@ class LMTrainConfig(BaseConfig):
                                             "overwrite")
 
     # --- model
-    model: str = _f("tiny", "Hugging Face model name or local folder; 'tiny' = the offline tiny Llama with format warm-up, 'tiny-random' without")
-    lora_r: int = _f(0, "LoRA rank; 0 trains every parameter (the usual LoRA preset: 16)", ge=0)
-    lora_alpha: int = _f(32, "LoRA α (the update is scaled by α / r)", gt=0)
-    lora_dropout: float = _f(0.0, "dropout on the LoRA adapters' input", ge=0, lt=1)
-    dtype: str = _f("auto", "weight dtype: auto (GPU: bf16 base for LoRA, fp32 + bf16 autocast for full training; CPU: fp32), float32, bfloat16, float16",
-                    choices=("auto", "float32", "bfloat16", "float16"))
-    device: str = _f("auto", "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...", check=check_device)
-    gradient_checkpointing: bool = _f(True, "recompute activations in the backward pass to save GPU memory")
-    engine: str = _f("hf", "rollout engine (gagpo.llm.engine): hf = Hugging Face generate on a serving copy of the weights in the serving dtype (bf16 on a GPU; LoRA adapters merged), refreshed after every update; hf-compiled = the same with a static KV cache and torch.compile (GPU; compiles on first use); hf-continuous = the same with transformers' continuous batching (a finished response frees its slot; for GPUs, slow on a CPU); hf-shared = generate with the training model itself under autocast (slower; for comparison)",
-                     choices=("hf", "hf-compiled", "hf-continuous", "hf-shared"))
+    model: str = setting("tiny", "Hugging Face model name or local folder; 'tiny' = the offline tiny Llama with format warm-up, 'tiny-random' without")
+    lora_r: int = setting(0, "LoRA rank; 0 trains every parameter (the usual LoRA preset: 16)", ge=0)
+    lora_alpha: int = setting(32, "LoRA α (the update is scaled by α / r)", gt=0)
+    lora_dropout: float = setting(0.0, "dropout on the LoRA adapters' input", ge=0, lt=1)
+    dtype: str = setting("auto", "weight dtype: auto (GPU: bf16 base for LoRA, fp32 + bf16 autocast for full training; CPU: fp32), float32, bfloat16, float16",
+                        choices=DTYPE_CHOICES)
+    device: str = setting("auto", "torch device: auto (CUDA if available), cpu, cuda, cuda:1, ...", check=check_device)
+    gradient_checkpointing: bool = setting(True, "recompute activations in the backward pass to save GPU memory")
+    engine: str = setting("hf", "rollout engine (gagpo.llm.engine): hf = Hugging Face generate on a serving copy of the weights in the serving dtype (bf16 on a GPU; LoRA adapters merged), refreshed after every update; hf-compiled = the same with a static KV cache and torch.compile (GPU; compiles on first use); hf-continuous = the same with transformers' continuous batching (a finished response frees its slot; for GPUs, slow on a CPU); hf-shared = generate with the training model itself under autocast (slower; for comparison)",
+                          choices=ENGINES)
 
     # --- what to train on
     env: str = shared("env", "toy_envs/MiniHousehold-v0", "gymnasium id of a text environment with admissible actions (toy_envs/MiniHousehold-v0, gagpo/ALFWorld-v0) or an alias (household, alfworld)")
@@ -155,13 +135,13 @@ class LMTrainConfig(BaseConfig):
     tasks_per_iter: int = shared("tasks_per_iter", 16)
     group_size: int = shared("group_size", help="episodes per group, all from the same task seed (G)")
     n_train_tasks: int = shared("n_train_tasks", help="size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration")
-    history: int = _f(2, "past (observation, action) pairs shown in each prompt", ge=0)
-    invalid_penalty: float = _f(0.1, "subtracted from the reward of an action with missing tags or not admissible", ge=0)
-    temperature: float = _f(1.0, "sampling temperature (the log-probs use the same temperature)", gt=0)
-    top_p: float = _f(1.0, "nucleus sampling mass (1 = no truncation)", gt=0, le=1)
-    max_new_tokens: int = _f(512, "response length limit in tokens (think + action)", ge=1)
-    max_prompt_tokens: int = _f(2048, "drop history pairs from prompts longer than this; 0 = no limit", ge=0)
-    num_workers: int = _f(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)", ge=0)
+    history: int = setting(2, "past (observation, action) pairs shown in each prompt", ge=0)
+    invalid_penalty: float = setting(0.1, "subtracted from the reward of an action with missing tags or not admissible", ge=0)
+    temperature: float = setting(1.0, "sampling temperature (the log-probs use the same temperature)", gt=0)
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = no truncation)", gt=0, le=1)
+    max_new_tokens: int = setting(512, "response length limit in tokens (think + action)", ge=1)
+    max_prompt_tokens: int = setting(2048, "drop history pairs from prompts longer than this; 0 = no limit", ge=0)
+    num_workers: int = setting(0, "environment worker processes: 0 steps the environments in this process; N > 0 runs the training environments in N processes (gagpo.envs.ProcessEnvPool), and those of each evaluation split in N more (worth it for ALFWorld)", ge=0)
 
     # --- estimator (gagpo.config.EstimatorSettings: the same names, defaults and help as TrainConfig)
     gamma: float = shared("gamma")
@@ -172,30 +152,30 @@ class LMTrainConfig(BaseConfig):
     adv_eps: float = shared("adv_eps")
     anchor_match: str = shared("anchor_match")
     anchor_threshold: float = shared("anchor_threshold")
-    value_coef: float = _f(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)", ge=0)
+    value_coef: float = setting(0.1, "ppo: weight of the value loss ½(V(s) − R)² added to the policy loss; its gradient also trains the shared language model (or its LoRA adapters)", ge=0)
     value_lr: float = shared("value_lr", 1e-4, "ppo: AdamW learning rate of the value head (a linear layer on the final hidden state of the prompt's last token)")
 
     # --- update
     lr: float = shared("lr", 1e-6, "AdamW learning rate for full-parameter training")
-    lora_lr: float = _f(1e-5, "AdamW learning rate when lora_r > 0", gt=0)
-    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
+    lora_lr: float = setting(1e-5, "AdamW learning rate when lora_r > 0", gt=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", ge=0)
     update_epochs: int = shared("update_epochs", 1, "passes over each iteration's rows")
-    minibatch_size: int = _f(256, "rows (actions) per optimizer step", ge=1)
-    micro_batch_size: int = _f(8, "rows per forward/backward pass (gradient accumulation inside a minibatch)", ge=1)
-    gen_batch_size: int = _f(128, "prompts per generate() call", ge=1)
+    minibatch_size: int = setting(256, "rows (actions) per optimizer step", ge=1)
+    micro_batch_size: int = setting(8, "rows per forward/backward pass (gradient accumulation inside a minibatch)", ge=1)
+    gen_batch_size: int = setting(128, "prompts per generate() call", ge=1)
     clip_eps: float = shared("clip_eps", help="PPO clip range ε (lower side)")
-    clip_eps_high: float = _f(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)", ge=0)
-    kl_coef: float = _f(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)", ge=0)
+    clip_eps_high: float = setting(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)", ge=0)
+    kl_coef: float = setting(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)", ge=0)
     entropy_coef: float = shared("entropy_coef", 0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)")
     ratio_level: str = shared("ratio_level", help="importance ratio per 'action' (one per response, GAGPO) or per 'token'")
-    aggregation: str = _f("token_mean", "loss aggregation: mean over tokens, or over actions (each action's token mean)", choices=AGGREGATIONS)
+    aggregation: str = setting("token_mean", "loss aggregation: mean over tokens, or over actions (each action's token mean)", choices=AGGREGATIONS)
     max_grad_norm: float = shared("max_grad_norm")
     max_nonfinite_steps: int = shared("max_nonfinite_steps")
 
     # --- evaluation, logging, checkpoints
     eval_every: int = shared("eval_every", 10)
     eval_episodes: int = shared("eval_episodes", 32, "held-out episodes per evaluation and split: the first n of the evaluation environment's EVAL_SEEDS (ALFWorld: the split's first min(n, games in the split) games, each once)")
-    eval_splits: str = _f("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = the splits the environment's adapter names (gagpo.envs.adapter; ALFWorld: 'valid_seen,valid_unseen') when the environment takes a split keyword, else ''; '' = the environment's own held-out EVAL_SEEDS", check=check_eval_splits)
+    eval_splits: str = setting("auto", "comma-separated held-out splits, each evaluated with its own environments built with split=<name> (metrics eval_<split>_success, eval_<split>_invalid_rate, eval_<split>_<task_type>_success; eval_success over all of them); 'auto' = the splits the environment's adapter names (gagpo.envs.adapter; ALFWorld: 'valid_seen,valid_unseen') when the environment takes a split keyword, else ''; '' = the environment's own held-out EVAL_SEEDS", check=check_eval_splits)
     eval_greedy: bool = shared("eval_greedy", help="evaluate with greedy decoding instead of sampling")
     out_dir: str = shared("out_dir", help="run directory for metrics.jsonl/csv and checkpoints; '' = runs/<env>-<model>-<algo>-seed<seed>")
     checkpoint_every: int = shared("checkpoint_every")
@@ -243,12 +223,14 @@ class LMTrainConfig(BaseConfig):
                                              f"keyword (e.g. gagpo/ALFWorld-v0); {self.env} does not: pass eval_splits ''")
         return names
 
-    def run_dir(self) -> str:
-        if self.out_dir:
-            return self.out_dir
+    def run_name(self) -> str:
+        """``<env>-<model>``: the environment id without its namespace and version, the model's folder name."""
         env = self.env.split("/")[-1].replace("-v0", "")
         model = os.path.basename(self.model.rstrip("/")) or "model"
-        return f"runs/{env}-{model}-{self.algo}-seed{self.seed}"
+        return f"{env}-{model}"
+
+    def run_dir(self) -> str:
+        return self.out_dir or f"runs/{self.run_name()}-{self.algo}-seed{self.seed}"
 
 
 def _env_takes(env_id: str, keyword: str) -> bool:
@@ -287,7 +269,7 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
     out = policy.token_logprobs(prompt_ids, response_ids, grad=True, temperature=cfg.temperature,
                                 return_entropy=cfg.entropy_coef > 0, return_hidden=value_head is not None,
                                 micro_batch_size=len(prompt_ids))
-    logp_new, mask = out[0], out[1]
+    logp_new, mask = out.logp, out.mask
     width, device = logp_new.shape[1], logp_new.device
     logp_old = pad_right(old_logp, width).to(device)
     logp_ref = pad_right(ref_logp, width).to(device) if ref_logp is not None else None
@@ -295,11 +277,11 @@ def action_level_loss(policy: LMPolicy, prompt_ids: list[list[int]], response_id
     loss, diag = ppo_clip_loss(
         logp_new, logp_old, advantages.to(device), action_index, mask, ratio_level=cfg.ratio_level,
         clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high, logp_ref=logp_ref, kl_coef=cfg.kl_coef,
-        entropy=out[2] if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef, aggregation=cfg.aggregation)
+        entropy=out.entropy, entropy_coef=cfg.entropy_coef, aggregation=cfg.aggregation)
     diag["logp_finite"] = all_finite([logp_new.detach()[mask]])  # for the guard: which phase broke
     if value_head is None:
         return loss, diag
-    return loss, diag, value_head(out[-1])
+    return loss, diag, value_head(out.hidden)
 
 
 def evaluation_metrics(rollouts: Sequence[LMRollout], prefix: str = "eval_", by_task_type: bool = True) -> dict[str, float]:
@@ -406,8 +388,8 @@ class LMTrainer(RunLoop):
     @property
     def estimator_cfg(self) -> LMTrainConfig:
         """The configuration that the estimators read: this run's own (:class:`LMTrainConfig` carries every
-        field of :class:`gagpo.config.EstimatorSettings`), e.g. ``gagpo.trainer.compute_advantages(
-        trainer.estimator_cfg, rollout)`` as in chapter 8. Kept for that use; ``trainer.cfg`` is the same object."""
+        field of :class:`gagpo.config.EstimatorSettings`), e.g. ``gagpo.trainer.rollout_advantages(
+        trainer.estimator_cfg, rollout)`` (chapter 8 calls it by its old name, ``compute_advantages``). Kept for that use; ``trainer.cfg`` is the same object."""
         return self.cfg
 
     # ------------------------------------------------------------------ environments

@@ -1,0 +1,327 @@
+r"""Does a language-model agent get better under RL? The ``bench lm-learning`` benchmark.
+
+One supervised warm start, then reinforcement learning with each estimator, on a CPU:
+
+1. **SFT warm start** (:mod:`gagpo.llm.sft`): the book's word-level Llama learns from MiniHousehold's
+   expert episodes (:mod:`gagpo.llm.experts`) for a few hundred steps — enough that it sometimes
+   acts well, not enough that it always does. One warm start is shared by every method and seed
+   (it lives in ``<root>/<profile>/sft``; a rerun reuses it).
+2. **RL from that start** (:mod:`gagpo.llm.train`) with GRPO, GiGPO, GAGPO and PPO (a value head on
+   the same model), the same environment-step budget for each (the same iterations × tasks × group
+   size), the same learning rate, the same k3 KL penalty to the warm start (the reference policy
+   :math:`\pi_\text{ref}` is the SFT model), for every seed.
+3. **Held-out success** — the greedy policy on the environment's held-out task seeds, every
+   ``eval_every`` iterations. Iteration 0 of every run is the SFT start: its final evaluation, on the
+   same held-out tasks with the same greedy decoding and prompts as the RL runs' evaluations (one
+   model, deterministic decoding: the same number for every run).
+
+Outputs (``figures/`` for the full profile; ``<root>/<profile>/figures`` for ``--quick``):
+``lm_learning[_quick].csv`` (one row per run × evaluation: ``algo, seed, iteration, env_steps,
+eval_success, eval_invalid_rate``, then the training metrics of that iteration), ``.md`` (the table
+— medians over seeds with bootstrap intervals, as ``bench credit`` reports — and the target
+check: does GAGPO's median held-out success rise by ≥ :data:`TARGET_GAIN` over the SFT start?) and
+``.png`` (curves per method and the KL to the reference).
+
+Every run is resumable and skipped when finished (:func:`gagpo.harness.run_configs`), so an
+interrupted benchmark continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..harness import finished_history, run_configs
+from ..reports import CSV_FLOAT, compare_with_committed, produced_by, report_dir, write_report
+from ..rundir import read_jsonl
+from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve
+from ..tables import write_csv
+
+__all__ = ["LearningProfile", "PROFILES", "TARGET_GAIN", "CSV_COLUMNS", "lm_learning", "warm_start", "learning_summary",
+           "learning_table"]
+
+TARGET_GAIN = 0.30
+"""The issue's target: GAGPO's median held-out success rises by at least this much over the SFT start
+(full profile)."""
+
+CSV_COLUMNS = ("iteration", "env_steps", "eval_success", "eval_invalid_rate", "eval_return", "success", "invalid_rate",
+               "kl_ref", "approx_kl", "format_error_rate")
+"""The metrics of each evaluation row of ``lm_learning.csv`` (after ``algo, seed``)."""
+
+
+@dataclass(frozen=True)
+class LearningProfile:
+    """Everything every run of the benchmark shares: the model, the task, the warm start, the RL budget."""
+
+    name: str                                   #: run-directory name ("quick", "full")
+    seeds: tuple[int, ...]                      #: RL seeds (the warm start is one, seed ``sft_seed``)
+    algos: tuple[str, ...] = ("grpo", "gigpo", "gagpo", "ppo")
+    model: str = "tiny"                         #: the base model the warm start fine-tunes
+    env: str = "toy_envs/MiniHousehold-v0"
+    env_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"level": 1})
+    max_steps: int = 12                         #: step limit of RL and evaluation episodes
+    history: int = 0                            #: past (observation, action) pairs in a prompt
+    max_new_tokens: int = 32
+    # --- the warm start
+    sft_steps: int = 400
+    sft_lr: float = 1e-2
+    sft_batch_size: int = 16
+    sft_tasks: int = 1000                       #: expert episodes (task seeds 0..n-1)
+    sft_seed: int = 0
+    # --- RL
+    iterations: int = 30
+    tasks_per_iter: int = 8
+    group_size: int = 8
+    lr: float = 1e-3
+    kl_coef: float = 0.01
+    temperature: float = 1.0
+    eval_every: int = 5
+    eval_episodes: int = 64
+    threads: int = 1                            #: torch threads per run (the runs go in parallel processes)
+    label: str = ""
+
+    def sft_config(self, root: str):
+        """The :class:`~gagpo.llm.sft.SFTConfig` of the warm start: evaluated before its first and after
+        its last step, with the RL runs' evaluation settings."""
+        from .sft import SFTConfig
+
+        return SFTConfig(
+            model=self.model, env=self.env, env_kwargs=dict(self.env_kwargs), max_steps=self.max_steps,
+            n_train_tasks=self.sft_tasks, history=self.history, seed=self.sft_seed, iterations=self.sft_steps,
+            batch_size=self.sft_batch_size, lr=self.sft_lr, eval_every=self.sft_steps, eval_episodes=self.eval_episodes,
+            max_new_tokens=self.max_new_tokens, gradient_checkpointing=False, checkpoint_every=0, device="cpu",
+            out_dir=os.path.join(root, self.name, "sft"), resume=True, progress=False, threads=self.threads,
+        )
+
+    def rl_config(self, algo: str, seed: int, root: str):
+        """The :class:`~gagpo.llm.train.LMTrainConfig` of one RL run from the warm start."""
+        from .train import LMTrainConfig
+
+        return LMTrainConfig(
+            model=self.sft_config(root).model_dir(), env=self.env, env_kwargs=dict(self.env_kwargs), max_steps=self.max_steps,
+            algo=algo, seed=seed, iterations=self.iterations, tasks_per_iter=self.tasks_per_iter, group_size=self.group_size,
+            history=self.history, max_new_tokens=self.max_new_tokens, temperature=self.temperature, lr=self.lr,
+            kl_coef=self.kl_coef, eval_every=self.eval_every, eval_episodes=self.eval_episodes, gradient_checkpointing=False,
+            checkpoint_every=self.eval_every, device="cpu", out_dir=os.path.join(root, self.name, f"{algo}-seed{seed}"),
+            resume=True, progress=False, threads=self.threads,
+        )
+
+    def describe(self) -> str:
+        """The setting, in one paragraph of a report (read from the fields, never written by hand)."""
+        kw = ", ".join(f"{k}={v}" for k, v in self.env_kwargs.items())
+        return (f"{self.env} ({kw}), step limit {self.max_steps}, model `{self.model}`, prompts with history {self.history}, "
+                f"responses ≤ {self.max_new_tokens} tokens. Warm start: {self.sft_steps} SFT steps of {self.sft_batch_size} expert "
+                f"(prompt, response) pairs from {self.sft_tasks} expert episodes, lr {self.sft_lr:g}, seed {self.sft_seed}. "
+                f"RL: {self.iterations} iterations × {self.tasks_per_iter} tasks × group size {self.group_size} for every method "
+                f"(the same env-step budget), lr {self.lr:g}, k3 KL to the warm start with coefficient {self.kl_coef:g}, "
+                f"sampling temperature {self.temperature:g}, seeds {list(self.seeds)}. Held-out success: the greedy policy on "
+                f"{self.eval_episodes} held-out tasks every {self.eval_every} iterations.")
+
+
+PROFILES: dict[str, LearningProfile] = {
+    "full": LearningProfile("full", seeds=tuple(range(5)), label="MiniHousehold level 1, tiny model, full profile"),
+    "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=6, tasks_per_iter=4, eval_every=3, eval_episodes=32,
+                             label="MiniHousehold level 1, tiny model, quick profile"),
+}
+
+
+# ====================================================================== the warm start
+def warm_start(prof: LearningProfile, root: str) -> list[dict[str, Any]]:
+    """Train (or reuse) the profile's SFT warm start; returns its metrics history, whose first row
+    evaluates the untrained model and whose last evaluates the warm start."""
+    from .sft import sft
+
+    cfg = prof.sft_config(root)
+    done = finished_history(cfg) if os.path.isdir(cfg.model_dir()) else None
+    if done is not None:
+        return done
+    t0, c0 = time.time(), time.process_time()
+    history = sft(cfg)
+    with open(os.path.join(cfg.run_dir(), "timing.jsonl"), "a") as fh:
+        fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
+                             "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    return history
+
+
+def _last_eval(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    rows = [r for r in history if "eval_success" in r]
+    if not rows:
+        raise ValueError("the warm start has no evaluation (eval_every must be > 0)")
+    return rows[-1]
+
+
+# ====================================================================== tables
+def tidy(prof: LearningProfile, start: Mapping[str, Any], labels: Sequence[tuple[str, int]],
+         histories: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per run × evaluation: ``algo, seed`` and :data:`CSV_COLUMNS`; iteration 0 is the warm start."""
+    rows = []
+    zero = {"iteration": 0, "env_steps": 0, **{k: start.get(k, "") for k in ("eval_success", "eval_invalid_rate", "eval_return")}}
+    for (algo, seed), hist in zip(labels, histories):
+        for r in [zero, *(r for r in hist if "eval_success" in r)]:
+            rows.append({"algo": algo, "seed": seed, **{k: r.get(k, "") for k in CSV_COLUMNS}})
+    return rows
+
+
+def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL_EVALS, n_boot: int = N_BOOT,
+                     seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per algorithm, over seeds: the start (iteration 0), the final held-out success (mean of the last
+    ``final_evals`` evaluations), the gain (final − start), the mean success over the run (area under
+    the curve / its length), the final invalid-action rate and the last KL to the reference — each the
+    median with a bootstrap :data:`~gagpo.stats.CI_LEVEL` interval (``(median, low, high)``), plus
+    ``n_seeds`` and ``per_seed``."""
+    runs: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
+    for r in rows:
+        runs.setdefault(str(r["algo"]), {}).setdefault(r["seed"], []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for algo, by_seed in runs.items():
+        per_seed = []
+        for s, hist in sorted(by_seed.items()):
+            x, y = eval_curve(hist)
+            _, inv = eval_curve(hist, "eval_invalid_rate")
+            kl = [float(r["kl_ref"]) for r in hist if r.get("kl_ref", "") != ""]
+            final = float(y[-final_evals:].mean())
+            span = x[-1] - x[0] if len(x) > 1 else 0.0
+            auc = float(np.trapezoid(y, x) / span) if span > 0 else float(y[0])
+            per_seed.append({"seed": s, "start": float(y[0]), "final": final, "gain": final - float(y[0]), "auc": auc,
+                             "final_invalid": float(inv[-final_evals:].mean()) if len(inv) else float("nan"),
+                             "kl_ref": kl[-1] if kl else float("nan"), "env_steps": float(x[-1])})
+        entry: dict[str, Any] = {"n_seeds": len(per_seed), "per_seed": per_seed}
+        for key in ("start", "final", "gain", "auc", "final_invalid", "kl_ref"):
+            vals = np.asarray([p[key] for p in per_seed], float)
+            vals = vals[~np.isnan(vals)]
+            entry[key] = tuple(float(v) for v in bootstrap_ci(vals, np.median, n_boot, CI_LEVEL, seed)) if len(vals) else (np.nan,) * 3
+        out[algo] = entry
+    return out
+
+
+def _ci(t: Sequence[float], fmt: str = "{:.2f}") -> str:
+    est, lo, hi = t
+    return "—" if not np.isfinite(est) else f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def learning_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """The Markdown table: one row per algorithm."""
+    head = ["algorithm", "seeds", "held-out success at the SFT start", "final held-out success", "gain over the start",
+            "mean held-out success over the run", "final invalid-action rate", "KL to the SFT model at the end"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * (len(head) - 2)]
+    for algo, s in summary.items():
+        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], "{:+.2f}"), _ci(s["auc"]),
+                 _ci(s["final_invalid"]), _ci(s["kl_ref"], "{:.3f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def target_verdict(summary: Mapping[str, Mapping[str, Any]], target: float = TARGET_GAIN) -> str:
+    """One sentence: does GAGPO's median held-out success rise by ≥ ``target`` over the SFT start?"""
+    if "gagpo" not in summary:
+        return f"(the target check needs gagpo; got {sorted(summary)})"
+    g = summary["gagpo"]["gain"]
+    ups = sum(p["gain"] > 0 for p in summary["gagpo"]["per_seed"])
+    verdict = "**met**" if g[0] >= target else "**not met**"
+    return (f"Target (GAGPO's median held-out success rises by ≥ {target:.2f} over the SFT start): median gain {g[0]:+.2f} "
+            f"[{g[1]:+.2f}, {g[2]:+.2f}] — {verdict}; GAGPO ended above its start in {ups} of {summary['gagpo']['n_seeds']} seeds.")
+
+
+def learning_markdown(prof: LearningProfile, summary: Mapping[str, Mapping[str, Any]], sft_history: Sequence[Mapping[str, Any]],
+                      finished: int, planned: int, produced: str) -> str:
+    """The Markdown report: the setting, the warm start, the table, the target check, the cost."""
+    first, last = sft_history[0], _last_eval(sft_history)
+    lines = [
+        f"# An LM agent under RL from an SFT warm start — {prof.label or prof.name}",
+        "",
+        prof.describe(),
+        "",
+        f"Warm start: held-out success {first.get('eval_success', float('nan')):.2f} before SFT (invalid-action rate "
+        f"{first.get('eval_invalid_rate', float('nan')):.2f}), {last['eval_success']:.2f} after (invalid-action rate "
+        f"{last['eval_invalid_rate']:.2f}); that is iteration 0 of every RL run.",
+        "",
+        f"Cells: median over seeds [bootstrap {CI_LEVEL:.0%} interval]; \"final\" = mean of the last {FINAL_EVALS} evaluations; "
+        "\"mean over the run\" = area under the held-out success curve (iteration 0 included) divided by its length.",
+        "",
+    ]
+    if finished < planned:
+        lines += [f"**Partial results: {finished} of {planned} runs finished.**", ""]
+    lines += [learning_table(summary), "", target_verdict(summary), "", produced]
+    return "\n".join(lines)
+
+
+def learning_figure(rows: Sequence[Mapping[str, Any]], start: float, title: str, stem: str, figures_dir: str) -> str:
+    """Held-out success (median over seeds, band = bootstrap interval) and the KL to the SFT model
+    against environment steps, one colour per method; the dashed line is the SFT start."""
+    from .. import plotting
+    from ..reports import _save, histories_by, plot_curves
+
+    plt = plotting.use_style()
+    runs = histories_by(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plot_curves(axes[0], runs, threshold=None)
+    axes[0].axhline(start, color="k", linestyle=":", linewidth=1, label="SFT start")
+    axes[0].set_title("held-out success (greedy), from the SFT warm start")
+    axes[0].legend(fontsize=8, loc="lower right")
+    for i, (algo, hists) in enumerate(runs.items()):
+        for j, h in enumerate(hists):
+            x, y = eval_curve(h, "kl_ref")
+            axes[1].plot(x, y, color=plotting.ALGO_COLORS.get(algo) or f"C{i}", alpha=0.6, label=algo if j == 0 else None)
+    axes[1].set_xlabel("environment steps")
+    axes[1].xaxis.set_major_formatter(lambda v, _: f"{v / 1000:.0f}k")
+    axes[1].set_ylabel("k3 KL to the SFT model (per token)")
+    axes[1].set_title("distance from the warm start (each seed)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, stem, figures_dir)
+
+
+# ====================================================================== the benchmark
+def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | None = None, algos: Sequence[str] | None = None,
+                root: str = "runs/lm_learning", figures_dir: str | None = None, progress: bool = True,
+                command: str | None = None, profile: LearningProfile | None = None, report_only: bool = False) -> dict[str, Any]:
+    """Run (or resume, or just report) the benchmark; write ``lm_learning[_quick].{csv,md,png}``; return
+    ``{"summary", "rows", "sft_history", "paths", "elapsed", "table"}``.
+
+    ``profile`` replaces the registered profile (tests use a smaller one); ``report_only`` trains
+    nothing and reports the runs finished so far (the warm start must exist)."""
+    from ..registry import estimator_names
+
+    prof = profile or PROFILES["quick" if quick else "full"]
+    seeds = tuple(prof.seeds if seeds is None else seeds)
+    algos = tuple(prof.algos if algos is None else algos)
+    for a in algos:
+        if a not in estimator_names():
+            raise ValueError(f"unknown algo {a!r}; expected one of {list(estimator_names())}")
+    figures_dir = report_dir(figures_dir, quick or profile is not None, os.path.join(root, prof.name))
+    t0 = time.time()
+    if report_only:
+        path = os.path.join(prof.sft_config(root).run_dir(), "metrics.jsonl")
+        sft_history = read_jsonl(path) if os.path.exists(path) else []
+        if not sft_history:
+            raise ValueError(f"no warm start in {prof.sft_config(root).run_dir()}; run without --report-only first")
+    else:
+        sft_history = warm_start(prof, root)
+    start = _last_eval(sft_history)
+    configs = [prof.rl_config(a, s, root) for s in seeds for a in algos]  # seed-major: partial results stay balanced
+    histories = run_configs(configs, workers, desc=f"lm-learning {prof.name}", progress=progress, train=not report_only)
+    elapsed = time.time() - t0
+    done = [(c, h) for c, h in zip(configs, histories) if h is not None]
+    if not done:
+        raise ValueError("no finished runs to report; run without --report-only first")
+    rows = tidy(prof, start, [(c.algo, c.seed) for c, _ in done], [h for _, h in done])
+    stem = "lm_learning" + ("_quick" if quick else "")
+    csv_path = os.path.join(figures_dir, stem + ".csv")
+    write_csv(rows, csv_path, float_format=CSV_FLOAT)
+    summary = learning_summary(rows)
+    title = f"{prof.label or prof.name}: {len(seeds)} seeds"
+    png = learning_figure(rows, float(start["eval_success"]), title, stem, figures_dir)
+    command = command or f"python -m gagpo bench lm-learning{' --quick' if quick else ''}"
+    all_configs = [prof.sft_config(root), *(c for c, _ in done)]
+    text = learning_markdown(prof, summary, sft_history, len(done), len(configs), produced_by(command, all_configs, elapsed, workers))
+    write_report(text, os.path.join(figures_dir, stem + ".md"))
+    comparison = None if profile is not None else compare_with_committed(learning_table(summary), figures_dir, stem + ".md")
+    if comparison:
+        print("\nThis table is " + comparison)
+    return {"summary": summary, "rows": rows, "sft_history": sft_history, "paths": [csv_path, png],
+            "elapsed": elapsed, "table": text}

@@ -1,0 +1,111 @@
+"""``bench lm-learning`` (gagpo.llm.learning): one SFT warm start, RL runs from it, the report."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gagpo.llm.learning import PROFILES, TARGET_GAIN, LearningProfile, learning_summary, learning_table, lm_learning, target_verdict
+
+MICRO = LearningProfile("micro", seeds=(0,), algos=("grpo", "gagpo"), sft_steps=3, sft_tasks=8, sft_batch_size=4, iterations=2,
+                        tasks_per_iter=2, group_size=2, max_steps=4, max_new_tokens=12, eval_every=1, eval_episodes=3,
+                        label="micro")
+
+
+def _rows(starts_finals: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    rows = []
+    for algo, pairs in starts_finals.items():
+        for seed, (start, final) in enumerate(pairs):
+            rows.append({"algo": algo, "seed": seed, "iteration": 0, "env_steps": 0, "eval_success": start, "eval_invalid_rate": 0.5})
+            rows.append({"algo": algo, "seed": seed, "iteration": 5, "env_steps": 100, "eval_success": final, "eval_invalid_rate": 0.25,
+                         "kl_ref": 0.1})
+    return rows
+
+
+def test_summary_by_hand():
+    rows = _rows({"gagpo": [(0.2, 0.6), (0.2, 0.3), (0.2, 0.9)], "grpo": [(0.2, 0.1), (0.2, 0.2), (0.2, 0.2)]})
+    s = learning_summary(rows, final_evals=1, n_boot=200)
+    assert s["gagpo"]["n_seeds"] == 3
+    assert s["gagpo"]["start"][0] == pytest.approx(0.2)
+    assert s["gagpo"]["final"][0] == pytest.approx(0.6)           # median of 0.6, 0.3, 0.9
+    assert s["gagpo"]["gain"][0] == pytest.approx(0.4)
+    assert s["grpo"]["gain"][0] == pytest.approx(0.0)
+    # mean over the run: trapezoid of (0, 0.2) -> (100, final) over 100 steps = (0.2 + final) / 2
+    assert s["gagpo"]["auc"][0] == pytest.approx((0.2 + 0.6) / 2)
+    assert s["gagpo"]["final_invalid"][0] == pytest.approx(0.25)
+    lo, hi = s["gagpo"]["gain"][1:]
+    assert lo <= 0.4 <= hi and lo >= 0.1 - 1e-12 and hi <= 0.7 + 1e-12
+    assert "**met**" in target_verdict(s) and "3 of 3 seeds" in target_verdict(s)
+    s2 = learning_summary(_rows({"gagpo": [(0.2, 0.3), (0.2, 0.1), (0.2, 0.4)]}), final_evals=1, n_boot=200)
+    assert "**not met**" in target_verdict(s2) and "2 of 3 seeds" in target_verdict(s2)
+    table = learning_table(s)
+    assert table.count("\n") == 3 and "| gagpo | 3 | 0.20 | 0.60 [" in table and "+0.40 [" in table
+
+
+def test_final_is_mean_of_last_evaluations():
+    rows = [{"algo": "gagpo", "seed": 0, "iteration": i, "env_steps": 10 * i, "eval_success": v, "eval_invalid_rate": 0.0}
+            for i, v in enumerate([0.1, 0.5, 0.2, 0.8])]
+    s = learning_summary(rows, final_evals=3, n_boot=10)
+    assert s["gagpo"]["final"][0] == pytest.approx((0.5 + 0.2 + 0.8) / 3)
+    assert s["gagpo"]["gain"][0] == pytest.approx((0.5 + 0.2 + 0.8) / 3 - 0.1)
+
+
+def test_profiles_meet_the_issue():
+    assert len(PROFILES["quick"].seeds) >= 3 and len(PROFILES["full"].seeds) >= 5
+    for prof in PROFILES.values():
+        assert set(prof.algos) == {"grpo", "gigpo", "gagpo", "ppo"}
+        cfgs = [prof.rl_config(a, 0, "/tmp/r") for a in prof.algos]
+        # the same budget and the same start for every method
+        assert len({(c.iterations, c.tasks_per_iter, c.group_size, c.max_steps, c.model, c.lr, c.kl_coef) for c in cfgs}) == 1
+        assert cfgs[0].model == prof.sft_config("/tmp/r").model_dir()
+        assert TARGET_GAIN == 0.30
+
+
+def test_lm_learning_micro(tmp_path):
+    root, figs = str(tmp_path / "runs"), str(tmp_path / "figs")
+    out = lm_learning(profile=MICRO, workers=1, root=root, figures_dir=figs, progress=False)
+    with open(os.path.join(figs, "lm_learning.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"algo", "seed", "iteration", "env_steps", "eval_success"} <= set(rows[0])
+    assert {r["algo"] for r in rows} == {"grpo", "gagpo"}
+    # iteration 0 = the warm start's last evaluation, the same for every run
+    zero = [r for r in rows if r["iteration"] == "0"]
+    assert len(zero) == 2 and len({r["eval_success"] for r in zero}) == 1
+    sft_last = [r for r in out["sft_history"] if "eval_success" in r][-1]
+    assert float(zero[0]["eval_success"]) == pytest.approx(sft_last["eval_success"], abs=1e-4)
+    assert [r["iteration"] for r in rows if r["algo"] == "gagpo"] == ["0", "1", "2"]
+    assert all(float(r["env_steps"]) > 0 for r in rows if r["iteration"] != "0")
+    # the RL runs start from the exported warm start, with the KL penalty to it
+    with open(os.path.join(root, "micro", "gagpo-seed0", "config.json")) as fh:
+        cfg = json.load(fh)
+    assert cfg["model"] == os.path.join(root, "micro", "sft", "model") and cfg["kl_coef"] == MICRO.kl_coef
+    with open(os.path.join(figs, "lm_learning.md")) as fh:
+        md = fh.read()
+    assert "Target (GAGPO" in md and "| gagpo | 1 |" in md and "3 SFT steps" in md
+    assert os.path.exists(os.path.join(figs, "lm_learning.png"))
+    # a rerun trains nothing and reports the same table; --report-only works once the runs exist
+    mtime = os.path.getmtime(os.path.join(root, "micro", "gagpo-seed0", "metrics.jsonl"))
+    again = lm_learning(profile=MICRO, workers=1, root=root, figures_dir=figs, progress=False, report_only=True)
+    assert again["rows"] == out["rows"]
+    assert os.path.getmtime(os.path.join(root, "micro", "gagpo-seed0", "metrics.jsonl")) == mtime
+
+
+def test_report_only_without_runs(tmp_path):
+    with pytest.raises(ValueError, match="run without --report-only"):
+        lm_learning(profile=MICRO, workers=1, root=str(tmp_path), figures_dir=str(tmp_path), progress=False, report_only=True)
+
+
+def test_unknown_algo(tmp_path):
+    with pytest.raises(ValueError, match="unknown algo 'nope'"):
+        lm_learning(profile=MICRO, algos=["nope"], root=str(tmp_path), figures_dir=str(tmp_path), progress=False)
+
+
+def test_profile_describe_reads_fields():
+    p = dataclasses.replace(MICRO, sft_steps=77, lr=0.123)
+    text = p.describe()
+    assert "77 SFT steps" in text and "lr 0.123" in text
+    assert np.isfinite(len(text))

@@ -83,3 +83,32 @@ def test_garbage_never_raises():
 
 def test_normalize_command():
     assert normalize_command("  Go\tto  Fridge 1 ") == "go to fridge 1"
+
+
+# ---------------------------------------------------------------------- the strict format
+ADM_STRICT = ["go to fridge 1", "look", "inventory"]
+
+
+@pytest.mark.parametrize("response, finished, reason, command", [
+    ("<think> i will look </think> <action> look </action>", True, "ok", "look"),
+    ("<action> look </action>  \n", True, "ok", "look"),
+    # the exploit of chapter 8: safe blocks repeated up to the token limit
+    ("<action> look </action> <action> look </action> <action> lo", False, "unfinished", None),
+    ("<action> look </action> <action> look </action>", True, "several actions", "look"),
+    ("<action> go to fridge 1 </action> <action> look", True, "several actions", "go to fridge 1"),
+    ("<action> look </action> and then more", True, "text after the action", "look"),
+    ("<action> look </action>", False, "unfinished", None),
+    ("<action> </action>", True, "empty action", None),
+    ("<action> go to desk 1 </action>", True, "not admissible", "go to desk 1"),
+])
+def test_strict_format(response, finished, reason, command):
+    p = parse_action(response, ADM_STRICT, strict=True, finished=finished)
+    assert p.reason == reason and p.command == command and p.valid == (reason == "ok")
+    assert p.reason in REASONS
+
+
+def test_strict_is_off_by_default_and_ignores_finished():
+    exploit = "<action> look </action> <action> look </action> <action> look </action>"
+    assert parse_action(exploit, ADM_STRICT).valid                        # lenient: the last block counts
+    assert parse_action(exploit, ADM_STRICT, finished=False).valid        # finished is read only with strict
+    assert not parse_action(exploit, ADM_STRICT, strict=True).valid

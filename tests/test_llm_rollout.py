@@ -124,3 +124,29 @@ def test_bad_arguments():
         collect_lm(pool, None, [0], 0)
     with pytest.raises(ValueError, match="invalid_penalty"):
         collect_lm(pool, None, [0], 1, invalid_penalty=-1)
+
+
+def test_strict_format_closes_the_repetition_loophole(policy, monkeypatch):
+    """Chapter 8's exploit — safe action blocks repeated up to the token limit — is valid under the lenient
+    parser and invalid (penalised, a no-op) under the strict format; a clean response is valid under both."""
+    exploit = "<action> look </action> <action> look </action> <action> look </action> <action> lo"
+    clean = "<think> i will look </think> <action> look </action>"
+
+    def generate(prompts, sampling=None, seed=None):
+        texts = [exploit if j % 2 == 0 else clean for j in range(len(prompts))]
+        ids = [policy.tokenizer(x, add_special_tokens=False)["input_ids"] for x in texts]
+        ids = [x if j % 2 == 0 else x + [policy.tokenizer.eos_token_id] for j, x in enumerate(ids)]  # the exploit is cut
+        return Generation(texts=texts, response_ids=ids, prompt_ids=[list(p) for p in prompts],
+                          finished=[j % 2 == 1 for j in range(len(prompts))])
+
+    monkeypatch.setattr(policy, "generate", generate)
+    runs = {}
+    for strict in (False, True):
+        runs[strict] = collect_lm(EnvPool(make_env_fn("toy_envs/MiniHousehold-v0", max_steps=2)), policy, [4], 2,
+                                  invalid_penalty=0.1, seed=0, compute_logp=False, strict=strict)
+    lenient, strict = runs[False], runs[True]
+    assert not lenient.invalid.any() and lenient.commands == ["look"] * 4
+    np.testing.assert_array_equal(strict.invalid, [True, False, True, False])
+    assert strict.parse_reason == ["unfinished", "ok"] * 2
+    assert strict.commands == [NO_ACTION, "look"] * 2
+    np.testing.assert_allclose(strict.batch.reward, [-0.1, 0.0, -0.1, 0.0])

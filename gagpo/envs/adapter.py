@@ -81,10 +81,13 @@ class EnvAdapter:
         """The user-message text of one step (:func:`gagpo.llm.prompts.build_prompt` with this template)."""
         return build_prompt(task, observation, admissible, history, steps_taken, self.template)
 
-    def project(self, response: object, admissible: Sequence[str], *, require_think: bool = False) -> ParsedAction:
-        """The command a response names (:func:`gagpo.llm.parsing.parse_action`): an admissible one in the
-        environment's spelling, or a free-text one that ``free_text`` matches, normalised."""
-        return parse_action(response, admissible, require_think=require_think, free_text=self.free_text or None)
+    def project(self, response: object, admissible: Sequence[str], *, require_think: bool = False, strict: bool = False,
+                finished: bool = True) -> ParsedAction:
+        """The command a response names (:func:`gagpo.llm.parsing.parse_action`, whose ``require_think``,
+        ``strict`` and ``finished`` these are): an admissible one in the environment's spelling, or a
+        free-text one that ``free_text`` matches, normalised."""
+        return parse_action(response, admissible, require_think=require_think, free_text=self.free_text or None,
+                            strict=strict, finished=finished)
 
     def anchor_key(self, observation: str) -> str:
         """The anchor-state key of an observation (``StepBatch.obs_key``): the text itself."""

@@ -10,7 +10,12 @@ The model is asked to reason inside ``<think>…</think>`` and to answer inside 
    one admissible command normalised the same way; the command returned is the admissible string
    itself (its canonical spelling), so the environment receives exactly what it listed;
 3. optionally (``require_think=True``) the response must also hold a ``<think>…</think>`` pair
-   before the action.
+   before the action;
+4. optionally (``strict=True``, the *strict format*) the response must hold exactly one
+   ``<action>…</action>`` block, nothing but whitespace after it, and must have ended by itself
+   (``finished``: the end-of-sequence token, not the length limit). The lenient rule 1 lets a model
+   that repeats ``<action> look </action>`` up to the token limit stay valid whatever it writes
+   last — a loophole a policy finds (chapter 8); the strict rule closes it.
 
 An environment with free-text commands (MiniShop's ``search[red cotton shirt]``) passes a pattern as
 ``free_text``: a command that is not admissible but matches the pattern as a whole (after the same
@@ -33,7 +38,7 @@ _CLOSE = re.compile(r"<\s*/\s*action\s*>", re.IGNORECASE)
 _THINK = re.compile(r"<\s*think\s*>.*?<\s*/\s*think\s*>", re.IGNORECASE | re.DOTALL)
 
 REASONS = ("ok", "not a string", "missing </action>", "missing <action>", "empty action", "missing <think>",
-           "not admissible")
+           "not admissible", "unfinished", "several actions", "text after the action")
 """Every ``ParsedAction.reason`` :func:`parse_action` can return."""
 
 
@@ -60,7 +65,7 @@ def normalize_command(text: str) -> str:
 
 
 def parse_action(response: object, admissible: Sequence[str], *, require_think: bool = False,
-                 free_text: str | re.Pattern | None = None) -> ParsedAction:
+                 free_text: str | re.Pattern | None = None, strict: bool = False, finished: bool = True) -> ParsedAction:
     """Extract the last ``<action>…</action>`` of ``response`` and match it against ``admissible``.
 
     Args:
@@ -71,6 +76,11 @@ def parse_action(response: object, admissible: Sequence[str], *, require_think: 
             matches in full (``re.fullmatch`` on the normalised command) is valid and returned
             normalised, e.g. ``r"search\\[[^\\]]+\\]"`` accepts ``"Search[ red  shoes]"`` as
             ``"search[ red shoes]"``.
+        strict: the strict format: exactly one ``<action>`` and one ``</action>``, nothing but
+            whitespace after ``</action>``, and a response that ended by itself (reasons
+            ``"unfinished"``, ``"several actions"``, ``"text after the action"``).
+        finished: whether the response ended with the end-of-sequence token (``False``: cut by the
+            length limit); read only with ``strict``.
 
     Returns:
         A :class:`ParsedAction`. Examples::
@@ -83,6 +93,8 @@ def parse_action(response: object, admissible: Sequence[str], *, require_think: 
     """
     if not isinstance(response, str):
         return ParsedAction(None, False, "not a string")
+    if strict and not finished:
+        return ParsedAction(None, False, "unfinished")
     closes = list(_CLOSE.finditer(response))
     if not closes:
         return ParsedAction(None, False, "missing </action>")
@@ -92,6 +104,10 @@ def parse_action(response: object, admissible: Sequence[str], *, require_think: 
         return ParsedAction(None, False, "missing <action>")
     start = opens[-1]
     raw = response[start.end():end.start()].strip()
+    if strict and (len(closes) > 1 or len(_OPEN.findall(response)) > 1):
+        return ParsedAction(raw or None, False, "several actions")
+    if strict and response[end.end():].strip():
+        return ParsedAction(raw or None, False, "text after the action")
     if not raw:
         return ParsedAction(None, False, "empty action")
     if require_think and not _THINK.search(response, 0, start.start()):

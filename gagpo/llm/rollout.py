@@ -111,6 +111,7 @@ def collect_lm(
     max_prompt_tokens: int = 0,
     require_think: bool = False,
     adapter: EnvAdapter | None = None,
+    strict: bool = False,
 ) -> LMRollout:
     """Run ``group_size`` episodes from each task seed with a language-model policy.
 
@@ -128,6 +129,8 @@ def collect_lm(
         template: the prompt wording (``None``: the adapter's).
         max_prompt_tokens: if > 0, drop history pairs (oldest first) from a prompt longer than this.
         require_think: also demand ``<think>…</think>`` for a valid action.
+        strict: the strict format (:func:`gagpo.llm.parsing.parse_action`): exactly one action block,
+            nothing after it, in a response not cut by the length limit.
         adapter: how to talk to the environment (:class:`~gagpo.envs.adapter.EnvAdapter`: task, prompt,
             text -> command, anchor key); ``None``: the household default. The LM trainer passes
             ``adapter_for(cfg.env)``.
@@ -190,7 +193,9 @@ def collect_lm(
         t0 = time.perf_counter()
         gen = policy.generate(prompt_ids, sampling, seed=None if seed is None else seed + 1000 * t)
         gen_time += time.perf_counter() - t0
-        parsed = [adapter.project(text, adm[i], require_think=require_think) for text, i in zip(gen.texts, active)]
+        parsed = [adapter.project(text, adm[i], require_think=require_think, strict=strict,
+                                  finished=gen.finished[j] if gen.finished else True)
+                  for j, (text, i) in enumerate(zip(gen.texts, active))]
         commands = [p.command if p.valid else (p.command or NO_ACTION) for p in parsed]
         results = pool.step_many(active, commands)
         still = []

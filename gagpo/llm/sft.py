@@ -146,6 +146,7 @@ class SFTConfig(BaseConfig):
     eval_splits: str = as_in_train("eval_splits")
     eval_greedy: bool = as_in_train("eval_greedy")
     invalid_penalty: float = as_in_train("invalid_penalty", help="evaluation: subtracted from the return for an action with missing tags or not admissible")
+    strict_format: bool = as_in_train("strict_format", help="evaluation: the strict format of train (exactly one action block, nothing after it, a response not cut by the length limit)")
     temperature: float = as_in_train("temperature", help="evaluation without --eval-greedy: sampling temperature")
     top_p: float = as_in_train("top_p", help="evaluation without --eval-greedy: nucleus sampling mass")
     max_new_tokens: int = as_in_train("max_new_tokens", help="evaluation: response length limit in tokens")

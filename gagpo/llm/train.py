@@ -137,6 +137,7 @@ class LMTrainConfig(BaseConfig):
     n_train_tasks: int = shared("n_train_tasks", help="size of a fixed pool of training task seeds 0..n-1; 0 = every task of the environment when it has a finite number (ALFWorld: the n_games games of the split, each equally likely), else fresh task seeds (< 10000) every iteration")
     history: int = setting(2, "past (observation, action) pairs shown in each prompt", ge=0)
     invalid_penalty: float = setting(0.1, "subtracted from the reward of an action with missing tags or not admissible", ge=0)
+    strict_format: bool = setting(False, "strict format: an action is valid only if its response holds exactly one <action>…</action> block, nothing after it, and ended by itself (not cut by max_new_tokens); the default reads the last block, which a policy can exploit by repeating safe blocks up to the token limit")
     temperature: float = setting(1.0, "sampling temperature (the log-probs use the same temperature)", gt=0)
     top_p: float = setting(1.0, "nucleus sampling mass (1 = no truncation)", gt=0, le=1)
     max_new_tokens: int = setting(512, "response length limit in tokens (think + action)", ge=1)
@@ -450,7 +451,7 @@ class LMTrainer(RunLoop):
     def rollout(self) -> LMRollout:
         cfg = self.cfg
         return collect_lm(self.pool, self.policy, self.task_seeds(self.iteration), cfg.group_size, cfg.history,
-                          cfg.sampling(), cfg.invalid_penalty, seed=self.sampling_seed(self.iteration),
+                          cfg.sampling(), cfg.invalid_penalty, seed=self.sampling_seed(self.iteration), strict=cfg.strict_format,
                           max_prompt_tokens=cfg.max_prompt_tokens, adapter=self.adapter)
 
     def reference_logp(self, rollout: LMRollout) -> list[np.ndarray] | None:
@@ -619,7 +620,7 @@ class LMTrainer(RunLoop):
             if not s.seeds:
                 continue
             r = collect_lm(s.pool, self.policy, s.seeds, 1, cfg.history, cfg.sampling(cfg.eval_greedy),
-                           cfg.invalid_penalty, seed=cfg.seed + 12345, compute_logp=False,
+                           cfg.invalid_penalty, seed=cfg.seed + 12345, compute_logp=False, strict=cfg.strict_format,
                            max_prompt_tokens=cfg.max_prompt_tokens, adapter=self.adapter)
             played.append(r)
             out.update(evaluation_metrics([r], s.prefix))

@@ -11,7 +11,9 @@ The pieces, in the order data flows through them::
 * :mod:`gagpo.config` — the settings that every configuration shares: :class:`EstimatorSettings` (what
   the estimators read) and :class:`RunSettings` (seeds, rollouts, update, evaluation, run directory);
 * :mod:`gagpo.losses` — the PPO clipped surrogate with token- or action-level ratios;
-* :mod:`gagpo.policies`, :mod:`gagpo.rollout`, :mod:`gagpo.trainer` — the toy-chapter stack.
+* :mod:`gagpo.policies`, :mod:`gagpo.rollout`, :mod:`gagpo.trainer` — the toy-chapter stack;
+* :mod:`gagpo.distributed` — one run on several processes (``accelerate launch``, ``torchrun``): whole
+  rollout groups per process, gradients summed over them, files written by the main process.
 
 Importing ``gagpo`` (the estimators and the registry) loads numpy, not torch or gymnasium.
 """

@@ -169,14 +169,25 @@ def _check_env_kwargs(parser: argparse.ArgumentParser, cfg) -> None:
 
 def _run(train_fn, cfg) -> list | None:
     """``train_fn(cfg)``; a :class:`gagpo.rundir.RunDirError` (directory in use, holding another run,
-    read-only, full) is printed as ``error: ...`` and gives ``None``."""
+    read-only, full) is printed as ``error: ...`` (by the main process of a data-parallel run, where
+    every process raises it) and gives ``None``."""
+    from .distributed import is_main
     from .rundir import RunDirError
 
     try:
         return train_fn(cfg)
     except RunDirError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if is_main():
+            print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def _report(*lines: str) -> None:
+    """Print the summary of a run: on the main process only, in a data-parallel run."""
+    from .distributed import is_main
+
+    if is_main():
+        print(*lines, sep="\n")
 
 
 def build_lm_parser() -> argparse.ArgumentParser:
@@ -204,6 +215,9 @@ def build_lm_parser() -> argparse.ArgumentParser:
             "      --iterations 2 --tasks-per-iter 2 --group-size 2 --max-steps 3 --max-new-tokens 16\n"
             "  python -m gagpo train --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --num-workers 8\n"
             "  python -m gagpo train --model tiny --algo ppo --iterations 2   # PPO with a learned critic\n"
+            "  accelerate launch --config_file gagpo/configs/accelerate_multi_gpu.yaml --num_processes 4 -m gagpo train \\\n"
+            "      --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --tasks-per-iter 16   # data-parallel on 4 GPUs\n"
+            "      (gagpo.distributed: whole groups per process, --tasks-per-iter a multiple of the processes)\n"
             "  ... add --resume to continue a run from the checkpoint in --out-dir, --overwrite to replace it\n"
             "      (a directory that holds a run is refused without either; one process per directory)"),
     )
@@ -224,8 +238,7 @@ def train_lm_main(argv: list[str]) -> int:
         return 1
     last = history[-1] if history else {}
     keys = ("iteration", "env_steps", "success", "invalid_rate", "eval_success", *(f"eval_{s}_success" for s in splits))
-    print(json.dumps({k: last[k] for k in keys if k in last}))
-    print(f"metrics, curves.png and checkpoint in {cfg.run_dir()}")
+    _report(json.dumps({k: last[k] for k in keys if k in last}), f"metrics, curves.png and checkpoint in {cfg.run_dir()}")
     return 0
 
 
@@ -267,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         if history is None:
             return 1
         last = history[-1] if history else {}
-        print(json.dumps({k: last[k] for k in ("iteration", "env_steps", "success", "eval_success") if k in last}))
-        print(f"metrics and checkpoint in {cfg.run_dir()}")
+        _report(json.dumps({k: last[k] for k in ("iteration", "env_steps", "success", "eval_success") if k in last}),
+                f"metrics and checkpoint in {cfg.run_dir()}")
         return 0
     if args.command == "check-gpu":
         from .llm.gpucheck import main as check_gpu

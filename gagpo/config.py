@@ -209,6 +209,19 @@ def check_run_options(cfg: Any) -> None:
                                        "directory, --overwrite deletes it and starts again")
 
 
+def check_data_parallel(cfg: Any) -> None:
+    """In a data-parallel run (:mod:`gagpo.distributed`: launched on several processes), ``tasks_per_iter``
+    — the number of rollout groups of an iteration, over every process — must split into whole groups
+    per process. Nothing to check in one process, or for a configuration without ``tasks_per_iter``."""
+    from .distributed import check_divisible  # numpy only at import
+
+    if getattr(cfg, "tasks_per_iter", None) is not None:
+        try:
+            check_divisible(cfg.tasks_per_iter)
+        except ValueError as exc:
+            raise ConfigError("tasks_per_iter", str(exc)) from None
+
+
 # ---------------------------------------------------------------------- the shared settings
 @dataclass
 class EstimatorSettings:
@@ -320,7 +333,8 @@ class BaseConfig:
     def __post_init__(self) -> None:
         """The one validation path: resolve an environment alias, parse ``env_kwargs`` given as JSON
         text, check every field's constraints (:func:`validate`), ``resume`` against ``overwrite``
-        (:func:`check_run_options`), the environment's keywords (:func:`check_env_options`), then
+        (:func:`check_run_options`), ``tasks_per_iter`` against the number of processes of a data-parallel
+        run (:func:`check_data_parallel`), the environment's keywords (:func:`check_env_options`), then
         :meth:`check`. Raises :class:`ConfigError` naming the field."""
         self.env = ENV_ALIASES.get(self.env, self.env)
         if isinstance(self.env_kwargs, str):
@@ -330,6 +344,7 @@ class BaseConfig:
                 raise ConfigError("env_kwargs", f"env_kwargs {exc}") from None
         validate(self)  # the constraints written beside each field
         check_run_options(self)
+        check_data_parallel(self)
         check_env_options(self)
         self.check()
 

@@ -31,7 +31,13 @@ Two flags change what the trainers do around an estimator:
 * ``needs_critic=True`` — it needs a learned critic: its parameters ``values`` and ``next_values``
   receive :math:`V(s_t)` and :math:`V(s'_t)` per row, which the trainers compute (the toy trainer's
   value network, the language model's value head) and regress onto the λ-returns
-  :func:`gagpo.advantages.lambda_returns` (γ and λ of the configuration).
+  :func:`gagpo.advantages.lambda_returns` (γ and λ of the configuration);
+* ``group_local=True`` — every statistic it uses lies within one rollout group (GRPO, RLOO, GiGPO,
+  GAGPO): the advantages of a group's rows depend on that group's rows only. A data-parallel run
+  (:mod:`gagpo.distributed`) then computes it on each process's own groups; an estimator without the
+  flag (PPO's normalisation over the batch, REINFORCE's ``mean`` and ``step_mean`` baselines, and any
+  estimator registered without saying) is computed on the union of every process's rows, which is
+  always exact and costs one gathering of the batch.
 
 The built-in estimators are registered at the end of this module, each a thin adapter from the
 configuration's names to a pure function of :mod:`gagpo.advantages`. Importing this module loads
@@ -64,6 +70,8 @@ class Estimator:
     uses_anchors: bool = False
     #: needs a learned critic: the trainers supply ``values`` and ``next_values``
     needs_critic: bool = False
+    #: a group's advantages depend on that rollout group's rows only (a data-parallel run computes it per process)
+    group_local: bool = False
     #: line colour in the book's figures (``None``: one of matplotlib's default cycle, by registration order)
     color: str | None = None
 
@@ -85,13 +93,14 @@ def _parameters(fn: Callable) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
-def register_estimator(name: str, *, uses_anchors: bool = False, needs_critic: bool = False, color: str | None = None,
-                       replace: bool = False) -> Callable[[Callable], Callable]:
+def register_estimator(name: str, *, uses_anchors: bool = False, needs_critic: bool = False, group_local: bool = False,
+                       color: str | None = None, replace: bool = False) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(batch, **settings) -> advantages (N,)`` as the estimator ``name``.
 
     ``fn``'s first parameter is the :class:`StepBatch`; every other parameter is a setting, read by
     name (see the module docstring), so it must be nameable: no ``*args`` or ``**kwargs``. With
-    ``needs_critic=True`` it must take ``values`` and ``next_values``. A name already registered is
+    ``needs_critic=True`` it must take ``values`` and ``next_values``. ``group_local=True`` declares that a
+    group's advantages depend on that group's rows only (see the module docstring). A name already registered is
     refused unless ``replace=True`` (e.g. when a notebook cell is run again). Returns ``fn`` unchanged.
     """
     if not isinstance(name, str) or not name.strip() or name != name.strip():
@@ -110,7 +119,7 @@ def register_estimator(name: str, *, uses_anchors: bool = False, needs_critic: b
         if name in _REGISTRY and not replace:
             raise ValueError(f"an estimator {name!r} is already registered ({_REGISTRY[name].fn.__qualname__}); "
                              f"pass replace=True to replace it")
-        _REGISTRY[name] = Estimator(name, fn, bool(uses_anchors), bool(needs_critic), color)
+        _REGISTRY[name] = Estimator(name, fn, bool(uses_anchors), bool(needs_critic), bool(group_local), color)
         return fn
 
     return decorate
@@ -208,13 +217,13 @@ def reinforce(batch: StepBatch, gamma: float, reinforce_baseline: str) -> np.nda
     return A.reinforce_advantages(batch, gamma, None if reinforce_baseline == "none" else reinforce_baseline)
 
 
-@register_estimator("grpo", color="#1f77b4")
+@register_estimator("grpo", group_local=True, color="#1f77b4")
 def grpo(batch: StepBatch, norm: str, adv_eps: float) -> np.ndarray:
     """GRPO: episode returns normalised within each rollout group (:func:`gagpo.advantages.grpo_advantages`)."""
     return A.grpo_advantages(batch, norm, adv_eps)
 
 
-@register_estimator("rloo", color="#17becf")
+@register_estimator("rloo", group_local=True, color="#17becf")
 def rloo(batch: StepBatch) -> np.ndarray:
     """RLOO: the episode return minus the mean of the group's other returns (:func:`gagpo.advantages.rloo_advantages`)."""
     return A.rloo_advantages(batch)
@@ -229,7 +238,7 @@ def ppo(batch: StepBatch, values: np.ndarray, next_values: np.ndarray, gamma: fl
     return A.normalize_by_segment(adv, np.zeros(len(batch), dtype=np.int64), 1, norm, adv_eps)
 
 
-@register_estimator("gigpo", uses_anchors=True, color="#ff7f0e")
+@register_estimator("gigpo", uses_anchors=True, group_local=True, color="#ff7f0e")
 def gigpo(batch: StepBatch, gamma: float, step_weight: float, norm: str, adv_eps: float) -> np.ndarray:
     """GiGPO: episode- plus step-level group-relative advantages (:func:`gagpo.advantages.gigpo_advantages`).
 
@@ -238,7 +247,7 @@ def gigpo(batch: StepBatch, gamma: float, step_weight: float, norm: str, adv_eps
     return A.gigpo_advantages(batch, gamma, step_weight, "mean" if norm == "none" else norm, adv_eps)
 
 
-@register_estimator("gagpo", uses_anchors=True, color="#d62728")
+@register_estimator("gagpo", uses_anchors=True, group_local=True, color="#d62728")
 def gagpo(batch: StepBatch, gamma: float, lam: float, norm: str, adv_eps: float) -> np.ndarray:
     """GAGPO: GAE over the grouped value proxy, normalised per rollout group (:func:`gagpo.advantages.gagpo_advantages`)."""
     return A.gagpo_advantages(batch, gamma, lam, norm, adv_eps)

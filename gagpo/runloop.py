@@ -28,10 +28,23 @@ Determinism and exact resumption: the task seeds of iteration k derive from ``(s
 (:meth:`RunLoop.task_seeds`), so a run resumed from the checkpoint of iteration k replays iterations
 k+1… as an uninterrupted run would (on a CPU), provided the trainer's own random draws also derive
 from ``(seed, k)``.
+
+Data parallelism (:mod:`gagpo.distributed`; launched by ``accelerate launch`` or ``torchrun`` on N
+processes): the iteration's ``tasks_per_iter`` task seeds are those of a one-process run, and each
+process plays its block of whole groups (:meth:`RunLoop.rank_task_seeds`; :attr:`RunLoop.shard` says
+which); the trainers' random draws also take the rank (:func:`gagpo.distributed.seed_key`). The loop
+takes care of the rest: the main process alone holds the directory's lock, prepares it, evaluates, and
+writes the metric files and checkpoints; a resumed run loads the checkpoint on the main process first,
+then on the others; every iteration's metrics are pooled over the processes (:meth:`iteration_metrics`,
+``env_steps`` counts every process's steps) and carry ``world_size``. A checkpoint holds the state of the
+whole run (the weights and optimizer state are the same on every process), so a run may resume on
+another number of processes (``tasks_per_iter`` a multiple of it). In one process all of this reduces
+to the code paths of a one-process run (``world_size`` 1).
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import time
@@ -42,6 +55,7 @@ from typing import Any, ClassVar, Iterator, Protocol
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .batch import StepBatch
 from .config import config_mismatch
 from .rundir import RunLock, atomic_write, prepare
@@ -53,6 +67,9 @@ ANCHOR_BINS = (1, 2, 4, 8)  # anchor-group size histogram: 1, 2, 3–4, 5–8, >
 #: The phases of an iteration, in order, and the metric that times each (seconds): ``time_reference``
 #: only for a trainer that scores a reference policy (:attr:`RunLoop.SCORES_REFERENCE`).
 TIME_METRICS = ("time_rollout", "time_reference", "time_advantage", "time_update")
+
+#: environment variable naming a folder: a test hook, see :meth:`RunLoop.dump_iteration`
+DUMP_ENV = "GAGPO_DUMP_ITERATIONS"
 
 
 class RolloutLike(Protocol):
@@ -68,8 +85,9 @@ class RolloutLike(Protocol):
 
 
 def anchor_histogram(rollout: RolloutLike) -> dict[str, float]:
-    """Fraction of rows whose anchor group has size 1, 2, 3–4, 5–8, > 8."""
-    sizes = rollout.batch.anchor_size
+    """Fraction of rows whose anchor group has size 1, 2, 3–4, 5–8, > 8 (over every process's rows in a
+    data-parallel run)."""
+    sizes = dist.gather_rows(rollout.batch.anchor_size)
     edges = (0,) + ANCHOR_BINS + (np.inf,)
     labels = ["1", "2", "3-4", "5-8", ">8"]
     n = max(len(sizes), 1)
@@ -101,6 +119,9 @@ class RunLoop(abc.ABC):
     #: whether the trainer scores every rollout under a reference policy (:meth:`reference_logp`,
     #: timed as ``time_reference``, passed to :meth:`update` as ``targets["ref_logp"]``)
     SCORES_REFERENCE: ClassVar[bool] = False
+    #: whether the trainer's hooks implement data parallelism (:mod:`gagpo.distributed`); one that does not
+    #: refuses to start on several processes
+    DATA_PARALLEL: ClassVar[bool] = True
 
     # The attributes of a run (RunLoop.__init__ sets all but the pools, which the subclass builds).
     cfg: Any  #: the configuration: the fields of gagpo.config.RunSettings, and algo (TrainConfig, LMTrainConfig)
@@ -110,8 +131,12 @@ class RunLoop(abc.ABC):
     iteration: int  #: iterations done
     env_steps: int  #: environment steps taken so far
     history: list[dict[str, Any]]  #: one metrics row per iteration (and the evaluation's, on evaluation iterations)
+    shard: dist.Shard  #: this process's groups of an iteration (all of them in one process)
 
     def __init__(self, cfg: Any):
+        if dist.is_distributed() and not self.DATA_PARALLEL:
+            raise RuntimeError(f"{type(self).__name__} does not run data-parallel: launch it on one process "
+                               f"(this one is {dist.rank()} of {dist.world_size()})")
         self.cfg = cfg
         if cfg.threads:  # 0 keeps torch's default
             torch.set_num_threads(cfg.threads)
@@ -119,6 +144,8 @@ class RunLoop(abc.ABC):
         self.iteration = 0
         self.env_steps = 0
         self.history = []
+        self.shard = (dist.Shard.of(cfg.tasks_per_iter, getattr(cfg, "group_size", 1)) if hasattr(cfg, "tasks_per_iter")
+                      else dist.Shard())
 
     # ------------------------------------------------------------------ the hooks
     @abc.abstractmethod
@@ -174,14 +201,34 @@ class RunLoop(abc.ABC):
             targets = {**targets, "ref_logp": ref_logp}
         with timed(seconds, "update"):
             upd = self.update(rollout, targets)
-        self.env_steps += rollout.n_steps
+        self.env_steps += dist.all_sum(rollout.n_steps)  # every process's steps
         row = {**self.iteration_metrics(rollout, targets["advantages"]), **upd, **anchor_histogram(rollout),
-               **self.step_metrics(rollout, targets, upd, seconds), **seconds}
+               **self.step_metrics(rollout, targets, upd, seconds), **seconds, "world_size": dist.world_size()}
+        if os.environ.get(DUMP_ENV):
+            self.dump_iteration(os.environ[DUMP_ENV], rollout, targets, upd)
         return self.record(row)
 
+    def dump_iteration(self, folder: str, rollout: RolloutLike, targets: dict[str, Any], update: dict[str, Any]) -> None:
+        """A test hook (``$GAGPO_DUMP_ITERATIONS``, tests/test_distributed.py): every process writes
+        ``<folder>/rank<r>-iteration<k>.pt`` with its shard, rollout, targets, update diagnostics, and its
+        trainable weights and their gradients after the update (:meth:`named_trainable`)."""
+        named = list(self.named_trainable()) if hasattr(self, "named_trainable") else []
+        state = {"rank": dist.rank(), "world_size": dist.world_size(), "iteration": self.iteration,
+                 "shard": self.shard, "rollout": rollout, "targets": targets, "update": update,
+                 "weights": {n: p.detach().cpu().clone() for n, p in named},
+                 "grads": {n: p.grad.detach().cpu().clone() for n, p in named if p.grad is not None}}
+        os.makedirs(folder, exist_ok=True)
+        torch.save(state, os.path.join(folder, f"rank{dist.rank()}-iteration{self.iteration}.pt"))
+
     # ------------------------------------------------------------------ seeds
+    def rank_task_seeds(self, iteration: int) -> list[int]:
+        """This process's task seeds of ``iteration``: its contiguous block of :meth:`task_seeds`
+        (:func:`gagpo.distributed.shard`; all of them in one process)."""
+        return dist.shard(self.task_seeds(iteration))
+
     def task_seeds(self, iteration: int) -> list[int]:
-        """The training task seeds of ``iteration``: a function of ``(seed, iteration)`` alone.
+        """The training task seeds of ``iteration``: a function of ``(seed, iteration)`` alone (in a
+        data-parallel run, those of every process: :meth:`rank_task_seeds` is this process's share).
 
         Drawn from ``0 .. n-1`` with ``n`` = ``cfg.n_train_tasks``, else the environment's number of
         tasks when it has a finite one (``self.n_env_tasks``, e.g. ALFWorld's games: each equally likely),
@@ -211,18 +258,24 @@ class RunLoop(abc.ABC):
         return self.iteration >= self.cfg.iterations or (budget > 0 and self.env_steps >= budget)
 
     def iteration_metrics(self, rollout: RolloutLike, advantages: np.ndarray) -> dict[str, Any]:
-        """The metrics every run logs for an iteration's rollout and advantages."""
-        a = advantages
+        """The metrics every run logs for an iteration's rollout and advantages (in a data-parallel run,
+        over every process's episodes and rows)."""
+        a = dist.gather_rows(advantages)
+        episodes = int(np.sum(getattr(rollout, "kept", np.ones(0))))  # the episodes the rates count
+        decisions = len(getattr(rollout, "invalid", ()))
         return {
-            "iteration": self.iteration, "env_steps": self.env_steps, "success": rollout.success_rate,
-            "return": rollout.mean_return, "episode_length": rollout.mean_length,
-            "invalid_rate": rollout.invalid_rate,
+            "iteration": self.iteration, "env_steps": self.env_steps,
+            "success": dist.weighted_mean(rollout.success_rate, episodes),
+            "return": dist.weighted_mean(rollout.mean_return, episodes),
+            "episode_length": dist.weighted_mean(rollout.mean_length, episodes),
+            "invalid_rate": dist.weighted_mean(rollout.invalid_rate, decisions),
             "adv_mean": float(a.mean()), "adv_std": float(a.std()), "adv_zero_frac": float(np.mean(np.abs(a) < 1e-8)),
         }
 
     def record(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate when due (every ``cfg.eval_every`` iterations and at the end), append ``row`` to the history."""
-        if self.cfg.eval_every and (self.iteration % self.cfg.eval_every == 0 or self.done()):
+        """Evaluate when due (every ``cfg.eval_every`` iterations and at the end; on the main process only),
+        append ``row`` to the history."""
+        if self.cfg.eval_every and (self.iteration % self.cfg.eval_every == 0 or self.done()) and dist.is_main():
             row.update(self.evaluate())
         self.history.append(row)
         return row
@@ -258,24 +311,32 @@ class RunLoop(abc.ABC):
         into the same directory refuses at once) and starts with :func:`gagpo.rundir.prepare`: a write
         probe, and a directory that holds another run is refused unless ``cfg.resume`` continues it or
         ``cfg.overwrite`` replaces it (:class:`gagpo.rundir.RunDirError`). The environment pools are
-        closed however it ends."""
+        closed however it ends. In a data-parallel run the main process holds the lock, prepares the
+        directory and writes the files; its errors are raised on every process
+        (:func:`gagpo.distributed.call_on_main`), and it loads a checkpoint before the others do."""
         try:
-            with RunLock(self.run_dir):
-                prepare(self.run_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+            with contextlib.ExitStack() as stack:
+                def start() -> None:  # on the main process: hold the lock for the whole run, prepare the directory
+                    stack.enter_context(RunLock(self.run_dir))
+                    prepare(self.run_dir, resume=self.cfg.resume, overwrite=self.cfg.overwrite)
+
+                dist.call_on_main(start)
                 if self.cfg.resume:
-                    self.load_checkpoint()
+                    dist.main_first(self.load_checkpoint)
                 self.run_iterations()
-                self.write_metrics()
+                if dist.is_main():
+                    self.write_metrics()
         finally:
             self.close()
         return self.history
 
     def run_iterations(self) -> None:
         """The loop of :meth:`train`: :meth:`step` until :meth:`done`, with the progress bar, and a
-        checkpoint and the metric files every ``cfg.checkpoint_every`` iterations and at the end."""
+        checkpoint and the metric files every ``cfg.checkpoint_every`` iterations and at the end (written by
+        the main process of a data-parallel run, which alone shows the progress bar)."""
         cfg = self.cfg
         bar = None
-        if cfg.progress:
+        if cfg.progress and dist.is_main():
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.iterations, initial=self.iteration, desc=self.progress_desc(), dynamic_ncols=True)
@@ -288,7 +349,7 @@ class RunLoop(abc.ABC):
                         post["eval"] = f"{row['eval_success']:.2f}"
                     bar.set_postfix(post)
                     bar.update(1)
-                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
+                if ((cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done()) and dist.is_main():
                     self.save_checkpoint()
                     self.write_metrics()
         finally:

@@ -10,6 +10,21 @@ runs the iterations, evaluations, metric files and checkpoints.
 Determinism and exact resumption: the task seeds of iteration k and the action-sampling generator
 of iteration k are derived from ``(seed, k)`` alone, so a run resumed from the checkpoint of
 iteration k replays iterations k+1… exactly as an uninterrupted run would (on CPU).
+
+Data parallelism (:mod:`gagpo.distributed`): launched on N processes, one run plays its
+``tasks_per_iter`` groups N ways (whole groups per process), computes the advantages exactly (a
+``group_local`` estimator per process, any other on the union of the rows: :func:`estimator_advantages`),
+and takes one optimizer step per minibatch from the gradients summed over the processes — each process's
+share of the loss is weighted by its rows over the minibatch's rows of every process, so the step is the
+one a single process would take on the union (with ``minibatches`` 1; with more, the minibatch of step k
+is the union of every process's k-th minibatch of its own rows). On CPUs, e.g.::
+
+    torchrun --nproc_per_node 2 -m gagpo train --env keydoor --tasks-per-iter 8 --threads 1
+    accelerate launch --multi_gpu --num_processes 2 -m gagpo train --env keydoor --tasks-per-iter 8 --threads 1
+
+(accelerate's ``--cpu`` starts one process unless MPI is configured; ``--multi_gpu`` launches through
+torchrun and, without a visible GPU, the processes use gloo). ``--resume`` continues a run on the same or
+another number of processes.
 """
 from __future__ import annotations
 
@@ -21,6 +36,7 @@ import numpy as np
 import torch
 
 from . import advantages as adv_lib
+from . import distributed as dist
 from . import registry
 from .batch import StepBatch
 from .config import EstimatorSettings, TrainConfig
@@ -34,7 +50,23 @@ from .runloop import TRAIN_SEED_RANGE, RunLoop, anchor_histogram  # RunLoop and 
 from .tables import write_csv  # re-exported
 
 
-def rollout_advantages(cfg: EstimatorSettings, rollout: Rollout, value_net: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
+def estimator_advantages(cfg: EstimatorSettings, batch: StepBatch, shard: dist.Shard | None = None,
+                         **critic: np.ndarray) -> np.ndarray:
+    """:func:`gagpo.registry.compute_advantages` of the estimator ``cfg.algo`` on ``batch``, with the
+    settings of ``cfg`` (and a critic estimator's ``values`` and ``next_values`` in ``critic``).
+
+    In a data-parallel run (``shard`` of several processes: :attr:`gagpo.runloop.RunLoop.shard`) an
+    estimator that is not ``group_local`` (:mod:`gagpo.registry`) is computed on the union of every
+    process's rows (:func:`gagpo.distributed.on_union`), and this process gets its own rows' advantages:
+    exactly those of one process computing them for the whole batch."""
+    if shard is None or shard.world_size == 1 or get_estimator(cfg.algo).group_local:
+        return registry.compute_advantages(cfg.algo, batch, cfg, **critic)
+    return dist.on_union(batch, lambda union, **arrays: registry.compute_advantages(cfg.algo, union, cfg, **arrays),
+                         shard, **critic)
+
+
+def rollout_advantages(cfg: EstimatorSettings, rollout: Rollout, value_net: torch.nn.Module | None = None,
+                       shard: dist.Shard | None = None) -> dict[str, np.ndarray]:
     """Per-row advantages of the estimator ``cfg.algo`` for one rollout (``advantages``, (N,)):
     :func:`gagpo.registry.compute_advantages` with the settings of ``cfg`` (any object with the
     fields of :class:`~gagpo.config.EstimatorSettings`: a :class:`TrainConfig`, an
@@ -42,25 +74,29 @@ def rollout_advantages(cfg: EstimatorSettings, rollout: Rollout, value_net: torc
 
     An estimator registered with ``needs_critic=True`` (``ppo``) gets the values of ``value_net`` at
     each row's observation and next observation, and the result also holds ``values`` and the
-    critic's targets ``returns`` (:func:`critic_targets`).
+    critic's targets ``returns`` (:func:`critic_targets`). ``shard``: this process's part of a
+    data-parallel run (:func:`estimator_advantages`).
     """
     if not get_estimator(cfg.algo).needs_critic:
-        return {"advantages": registry.compute_advantages(cfg.algo, rollout.batch, cfg)}
+        return {"advantages": estimator_advantages(cfg, rollout.batch, shard)}
     if value_net is None:
         raise ValueError(f"algo {cfg.algo!r} needs a value network")
     with torch.no_grad():
         values = value_net.values(rollout.observations).double().numpy()
         next_values = value_net.values(rollout.next_observations).double().numpy()
-    return critic_targets(cfg, rollout.batch, values, next_values)
+    return critic_targets(cfg, rollout.batch, values, next_values, shard)
 
 
-def critic_targets(cfg: EstimatorSettings, batch: StepBatch, values: np.ndarray, next_values: np.ndarray) -> dict[str, np.ndarray]:
+def critic_targets(cfg: EstimatorSettings, batch: StepBatch, values: np.ndarray, next_values: np.ndarray,
+                   shard: dist.Shard | None = None) -> dict[str, np.ndarray]:
     r"""A critic estimator's advantages and its critic's targets, from the critic's :math:`V(s_t)` and
     :math:`V(s'_t)`: ``advantages`` of the estimator ``cfg.algo`` (for ``ppo``, GAE normalised over the
     whole batch — classic PPO, not per rollout group), ``values``, and ``returns`` = the λ-returns
     :func:`gagpo.advantages.lambda_returns` (γ, λ of ``cfg``; :math:`A^{\text{GAE}}_t + V(s_t)` before
-    normalisation), the critic's regression targets. Shared by the toy and language-model trainers."""
-    adv = registry.compute_advantages(cfg.algo, batch, cfg, values=values, next_values=next_values)
+    normalisation), the critic's regression targets. Shared by the toy and language-model trainers.
+    ``shard``: this process's part of a data-parallel run (:func:`estimator_advantages`; the λ-returns
+    are per trajectory, computed on this process's rows)."""
+    adv = estimator_advantages(cfg, batch, shard, values=values, next_values=next_values)
     return {"advantages": adv, "values": values,
             "returns": adv_lib.lambda_returns(batch, values, next_values, cfg.gamma, cfg.lam)}
 
@@ -82,57 +118,76 @@ class Trainer(RunLoop):
             self.value_net = make_value(cfg.policy, seed=cfg.seed + 1, **kwargs)
             self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.value_lr)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
+        dist.broadcast_parameters([p for _, p in self.named_trainable()])  # data-parallel: the main process's weights
 
     # ------------------------------------------------------------------ seeds
     def action_generator(self, iteration: int) -> torch.Generator:
-        return torch.Generator().manual_seed(int(np.random.default_rng([self.cfg.seed, iteration, 2]).integers(2**62)))
+        """The action-sampling generator of ``iteration``: seeded from ``(seed, iteration)`` (and the rank,
+        in a data-parallel run: :func:`gagpo.distributed.seed_key`)."""
+        return torch.Generator().manual_seed(int(np.random.default_rng(dist.seed_key(self.cfg.seed, iteration, 2)).integers(2**62)))
 
     # ------------------------------------------------------------------ rollout and advantages
     def rollout(self) -> Rollout:
-        """``cfg.group_size`` episodes of each of this iteration's task seeds, actions sampled from the policy."""
-        return collect(self.pool, self.policy, self.task_seeds(self.iteration), self.cfg.group_size,
+        """``cfg.group_size`` episodes of each of this iteration's task seeds (this process's share of them,
+        :meth:`~gagpo.runloop.RunLoop.rank_task_seeds`), actions sampled from the policy."""
+        return collect(self.pool, self.policy, self.rank_task_seeds(self.iteration), self.cfg.group_size,
                        self.action_generator(self.iteration))
 
     def advantages(self, rollout: Rollout) -> dict[str, np.ndarray]:
         """:func:`rollout_advantages` of ``cfg.algo``, with the value network for a critic estimator."""
-        return rollout_advantages(self.cfg, rollout, self.value_net)
+        return rollout_advantages(self.cfg, rollout, self.value_net, self.shard)
 
     # ------------------------------------------------------------------ update
     def update(self, rollout: Rollout, targets: dict[str, np.ndarray]) -> dict[str, float]:
         """``cfg.update_epochs`` passes of PPO-clip minibatch steps on ``targets["advantages"]`` (the
         non-finite guard skips a bad step), then, with a critic, ``cfg.value_epochs`` regressions of the
-        value network onto ``targets["returns"]``; returns the averaged diagnostics."""
+        value network onto ``targets["returns"]``; returns the averaged diagnostics.
+
+        Data-parallel (:mod:`gagpo.distributed`): each process splits its rows into the same number of
+        minibatches; step k's loss is the mean over the k-th minibatches of every process, so a process
+        weights its own mean by its share of those rows, the gradients are summed over the processes
+        (:func:`gagpo.distributed.sum_gradients`) before clipping, and a step that is bad on one process
+        is skipped on all (:func:`gagpo.distributed.agree`). The diagnostics are pooled over the processes."""
         cfg = self.cfg
         n = len(rollout.batch)
         acts = torch.as_tensor(rollout.actions)
         logp_old = torch.as_tensor(rollout.logp, dtype=torch.float32)
         adv = torch.as_tensor(targets["advantages"], dtype=torch.float32)
-        gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, self.iteration, 3]).integers(2**62)))
+        gen = torch.Generator().manual_seed(int(np.random.default_rng(dist.seed_key(cfg.seed, self.iteration, 3)).integers(2**62)))
         diags: list[dict[str, float]] = []
         skipped = 0
         params = list(self.policy.parameters())
+        n_minibatches = min(cfg.minibatches, dist.all_sum(n))  # over the whole batch: every process takes part in each
         for _ in range(cfg.update_epochs):
             perm = torch.randperm(n, generator=gen)
-            for idx in torch.tensor_split(perm, min(cfg.minibatches, n)):
-                if len(idx) == 0:
+            for idx in torch.tensor_split(perm, n_minibatches):
+                rows = dist.all_sum(len(idx))  # the minibatch's rows, over every process
+                if rows == 0:
                     continue
                 ii = idx.tolist()
-                logits = self.policy.logits([rollout.observations[i] for i in ii], [rollout.admissible[i] for i in ii])
-                logp_new = action_log_probs(logits, acts[idx])
-                loss, diag = ppo_clip_loss(
-                    logp_new, logp_old[idx], adv[idx], torch.arange(len(ii)), ratio_level=cfg.ratio_level,
-                    clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef,
-                )
+                bad, diag = None, None
                 self.optimizer.zero_grad()
-                # the guard (gagpo.guard): skip a step whose inputs, log-probs, loss or gradients are not finite
-                bad = next((phase for phase, t in (("old log-probs", logp_old[idx]), ("advantages", adv[idx]),
-                                                   ("log-probs", logp_new.detach()), ("loss", loss.detach()))
-                            if not all_finite([t])), None)
+                if ii:
+                    logits = self.policy.logits([rollout.observations[i] for i in ii], [rollout.admissible[i] for i in ii])
+                    logp_new = action_log_probs(logits, acts[idx])
+                    loss, diag = ppo_clip_loss(
+                        logp_new, logp_old[idx], adv[idx], torch.arange(len(ii)), ratio_level=cfg.ratio_level,
+                        clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef,
+                    )
+                    if rows != len(ii):  # data-parallel: this process's share of the minibatch's mean
+                        loss = loss * (len(ii) / rows)
+                    # the guard (gagpo.guard): skip a step whose inputs, log-probs, loss or gradients are not finite
+                    bad = next((phase for phase, t in (("old log-probs", logp_old[idx]), ("advantages", adv[idx]),
+                                                       ("log-probs", logp_new.detach()), ("loss", loss.detach()))
+                                if not all_finite([t])), None)
+                    if not bad:
+                        loss.backward()
+                bad = dist.agree(bad)  # one bad process skips the step everywhere
                 if not bad:
-                    loss.backward()
+                    dist.sum_gradients(params)
                     if cfg.max_grad_norm > 0:
-                        diag["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                        finite = math.isfinite(diag["grad_norm"])
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                        finite = math.isfinite(grad_norm)
                     else:
                         finite = all_finite(p.grad for p in params)
                     bad = None if finite else "gradients"
@@ -143,31 +198,48 @@ class Trainer(RunLoop):
                     continue
                 self.guard.good()
                 self.optimizer.step()
+                diag = _pool_diagnostics(diag, len(ii))
+                if cfg.max_grad_norm > 0:
+                    diag["grad_norm"] = grad_norm
                 diags.append(diag)
-        out = {k: float(np.mean([d[k] for d in diags])) for k in ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")} if diags else {}
+        out = {k: float(np.mean([d[k] for d in diags])) for k in _DIAGNOSTICS} if diags else {}
         out["nonfinite_steps"] = skipped
         if self.value_net is not None:
-            returns = torch.as_tensor(targets["returns"], dtype=torch.float32)
-            losses = []
-            for _ in range(cfg.value_epochs):
-                v = self.value_net.values(rollout.observations)
-                vl = value_loss(v, returns)
+            out.update(self.update_critic(rollout, targets["returns"], out["nonfinite_steps"]))
+        return out
+
+    def update_critic(self, rollout: Rollout, returns: np.ndarray, nonfinite_steps: int) -> dict[str, float]:
+        """``cfg.value_epochs`` full-batch regressions of the value network onto ``returns`` (the guard skips a
+        bad one); returns ``value_loss`` (the last one's) and ``nonfinite_steps`` (``nonfinite_steps`` plus the
+        skipped ones). Data-parallel: the mean over every process's rows, gradients summed over the processes."""
+        cfg = self.cfg
+        n = len(rollout.batch)
+        n_all = dist.all_sum(n)
+        params = list(self.value_net.parameters())
+        returns = torch.as_tensor(returns, dtype=torch.float32)
+        out: dict[str, float] = {"nonfinite_steps": nonfinite_steps}
+        losses = []
+        for _ in range(cfg.value_epochs):
+            v = self.value_net.values(rollout.observations)
+            vl = value_loss(v, returns)
+            self.value_optimizer.zero_grad()
+            bad = dist.agree(None if all_finite([vl.detach()]) else "value loss")
+            if bad:
+                out["nonfinite_steps"] += 1
+                self.guard.bad(self.iteration, bad)
+                continue
+            (vl if n_all == n else vl * (n / n_all)).backward()  # data-parallel: this process's share
+            dist.sum_gradients(params)
+            if not all_finite(p.grad for p in params):
                 self.value_optimizer.zero_grad()
-                if not all_finite([vl.detach()]):
-                    out["nonfinite_steps"] += 1
-                    self.guard.bad(self.iteration, "value loss")
-                    continue
-                vl.backward()
-                if not all_finite(p.grad for p in self.value_net.parameters()):
-                    self.value_optimizer.zero_grad()
-                    out["nonfinite_steps"] += 1
-                    self.guard.bad(self.iteration, "gradients", "of the value network")
-                    continue
-                self.guard.good()
-                self.value_optimizer.step()
-                losses.append(vl.item())
-            if losses:
-                out["value_loss"] = losses[-1]
+                out["nonfinite_steps"] += 1
+                self.guard.bad(self.iteration, "gradients", "of the value network")
+                continue
+            self.guard.good()
+            self.value_optimizer.step()
+            losses.append(dist.weighted_mean(vl.item(), n))
+        if losses:
+            out["value_loss"] = losses[-1]
         return out
 
     # ------------------------------------------------------------------ evaluation
@@ -227,10 +299,28 @@ class Trainer(RunLoop):
         return True
 
 
+#: the update's diagnostics, averaged over its optimizer steps
+_DIAGNOSTICS = ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")
+
+
+def _pool_diagnostics(diag: dict[str, float] | None, rows: int) -> dict[str, float]:
+    """One step's :data:`_DIAGNOSTICS` over every process (means weighted by the processes' rows,
+    ``ratio_max`` the maximum); ``diag`` itself in one process (``None``: this process had no row)."""
+    if not dist.is_distributed():
+        return diag
+    means = [k for k in _DIAGNOSTICS if k != "ratio_max"]
+    local = {k: rows * float(diag[k]) for k in means} if diag else {}
+    totals = dist.all_sum({**local, "rows": rows}, keys=means + ["rows"])
+    pooled = {k: totals[k] / totals["rows"] for k in means}
+    pooled["ratio_max"] = dist.all_max({"ratio_max": float(diag["ratio_max"])} if diag else {}, keys=["ratio_max"])["ratio_max"]
+    return pooled
+
+
 def train(cfg: TrainConfig) -> list[dict[str, Any]]:
     """Train one run and return its per-iteration metrics (also written to ``cfg.run_dir()``).
-    Checks the run directory first (:func:`gagpo.rundir.check_start`)."""
-    check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
+    Checks the run directory first (:func:`gagpo.rundir.check_start`; on the main process of a
+    data-parallel run, whose error every process raises)."""
+    dist.call_on_main(check_start, cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return Trainer(cfg).train()
 
 
@@ -238,5 +328,5 @@ compute_advantages = rollout_advantages
 """Deprecated name of :func:`rollout_advantages` (chapters 8 and 9 call it so); not to be confused with
 :func:`gagpo.registry.compute_advantages`, the numpy estimator of one ``StepBatch``."""
 
-__all__ = ["RunLoop", "Trainer", "train", "rollout_advantages", "critic_targets", "write_csv", "anchor_histogram",
-           "TRAIN_SEED_RANGE"]
+__all__ = ["RunLoop", "Trainer", "train", "rollout_advantages", "estimator_advantages", "critic_targets", "write_csv",
+           "anchor_histogram", "TRAIN_SEED_RANGE"]

@@ -196,7 +196,12 @@ class SFTTrainer(LMTrainer):
         examples: the (prompt, response) pairs to train on; default: the expert episodes of task seeds
             ``0 .. n_train_tasks - 1`` (:meth:`expert_data`), rendered for the policy.
         eval_hook, eval_pool: as in :class:`~gagpo.llm.train.LMTrainer`.
+
+    Runs on one process: behaviour cloning is not data-parallel (:attr:`DATA_PARALLEL`; a launch on
+    several processes is refused).
     """
+
+    DATA_PARALLEL = False  # its step() sums no gradients over processes (gagpo.distributed)
 
     def __init__(self, cfg: SFTConfig, policy: LMPolicy | None = None, examples: Sequence[SFTExample] | None = None,
                  eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None, eval_pool: Any | None = None):
@@ -367,7 +372,13 @@ def sft(cfg: SFTConfig, policy: LMPolicy | None = None, examples: Sequence[SFTEx
         eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Run (or, with ``cfg.resume``, continue) behaviour cloning; returns the metrics history (also in
     ``cfg.run_dir()``), the fine-tuned model in ``cfg.model_dir()``. Checks the run directory
-    (:func:`gagpo.rundir.check_start`) before the model is loaded."""
+    (:func:`gagpo.rundir.check_start`) before the model is loaded. One process only (``RuntimeError``
+    under a launcher of several: behaviour cloning is not data-parallel)."""
+    from .. import distributed
+
+    if distributed.is_distributed():
+        raise RuntimeError(f"python -m gagpo sft runs on one process; this launch has {distributed.world_size()} "
+                           f"(data-parallel behaviour cloning is not implemented): run it without accelerate/torchrun")
     check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return SFTTrainer(cfg, policy=policy, examples=examples, eval_hook=eval_hook).train()
 

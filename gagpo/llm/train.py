@@ -42,6 +42,34 @@ Resumption: the task seeds and the sampling seed of iteration k derive from ``(s
 checkpoint holds the trainable weights (the LoRA adapter or the whole model, and the value head for
 ``ppo``), the optimizer state and the iteration, so a resumed run continues the same sequence of
 tasks (and, on a CPU, of samples).
+
+Several GPUs (data parallelism, :mod:`gagpo.distributed`): launched on N processes, each process
+holds a full copy of the model on its own GPU (``cuda:<LOCAL_RANK>``), plays ``tasks_per_iter / N``
+whole rollout groups (``tasks_per_iter`` stays the number of groups of an iteration and must be a
+multiple of N) with its own sampling seed, and gets exactly the advantages of a one-process run on the
+union of the groups (a ``group_local`` estimator on its own groups, PPO's batch-wide normalisation and
+REINFORCE's batch baselines on the gathered batch). The update splits every process's rows into the
+same number of minibatches, ``ceil(rows of all processes / minibatch_size)``; a micro-batch's loss is
+weighted by its tokens over the minibatch's tokens of *every* process (``token_mean``; its rows for
+``action_mean``), and the gradients are summed over the processes once per minibatch, before clipping
+— DDP's all-reduce, done by hand so that processes with different numbers of micro-batches (episodes
+differ in length) never wait on each other. Every process thus takes the same optimizer step, that of
+one process on the union of the groups (up to the order of floating-point additions). The main process
+evaluates, draws the curves and writes the metrics and the checkpoint, which holds the whole state: a
+run may resume on another number of processes. Commands (accelerate's documented DDP configuration is
+``gagpo/configs/accelerate_multi_gpu.yaml``; ``accelerate launch`` and ``torchrun`` both work)::
+
+    accelerate launch --config_file gagpo/configs/accelerate_multi_gpu.yaml --num_processes 4 -m gagpo train \
+        --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --num-workers 4 --tasks-per-iter 16
+    accelerate launch --multi_gpu --num_processes 4 -m gagpo train --model ... --tasks-per-iter 16
+    # CPUs, two processes with gloo (what tests/test_distributed.py runs; accelerate's --cpu starts one
+    # process unless MPI is configured, --multi_gpu launches through torchrun):
+    accelerate launch --multi_gpu --num_processes 2 -m gagpo train --model tiny --device cpu --threads 1 \
+        --tasks-per-iter 2 --group-size 2 --max-new-tokens 16 --iterations 2
+    torchrun --nproc_per_node 2 -m gagpo train --model tiny --device cpu --threads 1 --tasks-per-iter 2 ...
+
+Not supported: FSDP and DeepSpeed (refused at start), accelerate's ``--mixed_precision`` (``--dtype``
+decides), and evaluation spread over the processes (the main one plays every held-out episode).
 """
 from __future__ import annotations
 
@@ -57,15 +85,16 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..config import BaseConfig, ConfigError, EstimatorSettings, check_eval_episodes, env_keywords, setting, shared
 from ..envs.factory import EnvFactory
 from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
 from ..losses import AGGREGATIONS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
 from ..rundir import RunDirError, atomic_write, check_start, damaged, write_error
-from ..registry import compute_advantages, estimator_names, get_estimator
+from ..registry import estimator_names, get_estimator
 from ..runloop import TRAIN_SEED_RANGE, RunLoop
-from ..trainer import critic_targets
+from ..trainer import critic_targets, estimator_advantages
 from .devices import DTYPE_CHOICES, check_device, resolve_device
 from .encoding import pad_right, unpad_rows
 from .engine import ENGINES
@@ -363,7 +392,7 @@ class LMTrainer(RunLoop):
                  pool: Any | None = None, eval_pool: Any | None = None):
         super().__init__(cfg)  # cfg, run_dir, torch threads (0 keeps torch's default), iteration, env_steps, history
         self.policy = policy or LMPolicy.from_pretrained(
-            cfg.model, lora=cfg.lora, dtype=cfg.dtype, device=cfg.device,
+            cfg.model, lora=cfg.lora, dtype=cfg.dtype, device=dist.process_device(cfg.device),
             gradient_checkpointing=cfg.gradient_checkpointing, reference=cfg.kl_coef > 0,
             micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size, engine=cfg.engine, seed=cfg.seed)
         if cfg.kl_coef > 0 and not self.policy.has_reference():
@@ -385,6 +414,7 @@ class LMTrainer(RunLoop):
         self.eval_hook = eval_hook
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self._restarts_seen = 0  # ProcessEnvPool.n_restarts at the last iteration (worker_restarts metric)
+        dist.broadcast_parameters([p for _, p in self.named_trainable()])  # data-parallel: the main process's weights
 
     @property
     def estimator_cfg(self) -> LMTrainConfig:
@@ -445,12 +475,16 @@ class LMTrainer(RunLoop):
 
     # ------------------------------------------------------------------ seeds
     def sampling_seed(self, iteration: int) -> int:
-        return int(np.random.default_rng([self.cfg.seed, iteration, 2]).integers(2**31 - 2**20))
+        """The response-sampling seed of ``iteration``: from ``(seed, iteration)`` (and the rank, in a
+        data-parallel run: :func:`gagpo.distributed.seed_key`)."""
+        return int(np.random.default_rng(dist.seed_key(self.cfg.seed, iteration, 2)).integers(2**31 - 2**20))
 
     # ------------------------------------------------------------------ rollout
     def rollout(self) -> LMRollout:
+        """``cfg.group_size`` episodes of each of this iteration's task seeds (this process's share of them,
+        :meth:`~gagpo.runloop.RunLoop.rank_task_seeds`)."""
         cfg = self.cfg
-        return collect_lm(self.pool, self.policy, self.task_seeds(self.iteration), cfg.group_size, cfg.history,
+        return collect_lm(self.pool, self.policy, self.rank_task_seeds(self.iteration), cfg.group_size, cfg.history,
                           cfg.sampling(), cfg.invalid_penalty, seed=self.sampling_seed(self.iteration), strict=cfg.strict_format,
                           max_prompt_tokens=cfg.max_prompt_tokens, adapter=self.adapter)
 
@@ -477,7 +511,7 @@ class LMTrainer(RunLoop):
         the whole batch, not per rollout group) and the regression targets, the λ-returns.
         """
         if self.value_head is None:
-            return {"advantages": compute_advantages(self.cfg.algo, rollout.batch, self.cfg)}
+            return {"advantages": estimator_advantages(self.cfg, rollout.batch, self.shard)}
         b = rollout.batch
         values = self.value_head.values(self.policy, rollout.prompt_ids)
         end_values = np.zeros(len(b))
@@ -489,7 +523,7 @@ class LMTrainer(RunLoop):
                 raise ValueError("a truncated episode has no bootstrap prompt (LMRollout.bootstrap_prompt_ids): "
                                  "collect the rollout with gagpo.llm.rollout.collect_lm")
             end_values[cut] = self.value_head.values(self.policy, boot)
-        return critic_targets(self.cfg, b, values, next_state_values(b, values, end_values))
+        return critic_targets(self.cfg, b, values, next_state_values(b, values, end_values), self.shard)
 
     # ------------------------------------------------------------------ update
     def update(self, rollout: LMRollout, targets: Mapping[str, Any] | np.ndarray,
@@ -505,6 +539,12 @@ class LMTrainer(RunLoop):
         With a value head (``ppo``), ``returns`` are its regression targets and every micro-batch adds
         ``value_coef × value_loss`` (weighted by its share of the minibatch's rows) to the policy loss
         before the one backward pass; gradient clipping covers the head too.
+
+        Data-parallel (:mod:`gagpo.distributed`): the number of minibatches is that of every process's
+        rows; the weights of the micro-batches (tokens, actions or rows) are shares of the minibatch's
+        totals over every process; the gradients are summed over the processes before clipping
+        (:func:`gagpo.distributed.sum_gradients`), a step that is bad on one process is skipped on all
+        (:func:`gagpo.distributed.agree`), and the diagnostics are those of the whole minibatch.
         """
         if isinstance(targets, Mapping):
             if ref_logp is not None or returns is not None:
@@ -514,7 +554,8 @@ class LMTrainer(RunLoop):
             advantages = targets
         cfg = self.cfg
         n = len(rollout.batch)
-        if n == 0:  # every episode was lost with its environment: nothing to learn from
+        n_all = dist.all_sum(n)  # every process's rows (a process whose episodes were all lost still takes part)
+        if n_all == 0:  # every episode was lost with its environment: nothing to learn from
             return {"optimizer_steps": 0, "nonfinite_steps": 0, "update_tokens": 0}
         if len(rollout.token_logp) != n:
             raise ValueError("the rollout carries no old log-probs: collect it with compute_logp=True")
@@ -526,9 +567,10 @@ class LMTrainer(RunLoop):
                 raise ValueError(f"algo {cfg.algo!r} trains a value head: pass its targets, the returns "
                                  f"(targets['returns'], or update(rollout, advantages, ref_logp, returns))")
             targets = torch.as_tensor(returns, dtype=torch.float32, device=device)
-        resp_len = np.asarray([len(r) for r in rollout.response_ids])
-        total_len = resp_len + np.asarray([len(p) for p in rollout.prompt_ids])
-        rng = np.random.default_rng([cfg.seed, self.iteration, 3])
+        resp_len = np.asarray([len(r) for r in rollout.response_ids], dtype=np.int64)
+        total_len = resp_len + np.asarray([len(p) for p in rollout.prompt_ids], dtype=np.int64)
+        rng = np.random.default_rng(dist.seed_key(cfg.seed, self.iteration, 3))
+        diag_keys = _DIAG_MEAN + (() if head is None else ("value_loss",))
         params = self.policy.parameters() + ([] if head is None else list(head.parameters()))
         old_ok = np.asarray([np.isfinite(x).all() for x in rollout.token_logp], dtype=bool)
         ref_ok = (np.ones(n, dtype=bool) if ref_logp is None
@@ -540,8 +582,11 @@ class LMTrainer(RunLoop):
         try:
             for _ in range(cfg.update_epochs):
                 perm = rng.permutation(n)
-                for mb in np.array_split(perm, max(1, math.ceil(n / cfg.minibatch_size))):
-                    units = resp_len[mb].sum() if cfg.aggregation == "token_mean" else len(mb)
+                for mb in np.array_split(perm, max(1, math.ceil(n_all / cfg.minibatch_size))):
+                    rows = dist.all_sum(len(mb))  # the minibatch's rows and units over every process
+                    units = dist.all_sum(resp_len[mb].sum() if cfg.aggregation == "token_mean" else len(mb))
+                    if rows == 0:
+                        continue
                     mb = mb[np.argsort(total_len[mb], kind="stable")]  # similar lengths share a micro-batch
                     self.optimizer.zero_grad(set_to_none=True)
                     # the guard (gagpo.guard): inputs first, then every micro-batch's log-probs and loss, then the gradients
@@ -565,7 +610,7 @@ class LMTrainer(RunLoop):
                         elif not math.isfinite(float(diag["loss"])):
                             bad = "loss"
                         if head is not None:  # the critic's loss is a mean over rows
-                            share = len(ii) / len(mb)
+                            share = len(ii) / rows
                             v_loss = value_loss(out[2], targets[ii])
                             total = total + cfg.value_coef * share * v_loss
                             v = float(v_loss.detach())
@@ -578,8 +623,10 @@ class LMTrainer(RunLoop):
                             mb_sums[k] = mb_sums.get(k, 0.0) + weight * float(diag[k])
                         mb_ratio = (min(mb_ratio[0], diag["ratio_min"]), max(mb_ratio[1], diag["ratio_max"]))
                         tokens += int(total_len[ii].sum())
+                    bad = dist.agree(bad)  # one bad process skips the step everywhere
                     norm = math.nan
                     if not bad:  # the norm before clipping rescales anything; a NaN/inf anywhere makes it non-finite
+                        dist.sum_gradients(params)
                         norm = float(torch.nn.utils.clip_grad_norm_(
                             params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
                         bad = None if math.isfinite(norm) else "gradients"
@@ -590,6 +637,8 @@ class LMTrainer(RunLoop):
                         continue
                     self.guard.good()
                     self.optimizer.step()
+                    mb_sums = dist.all_sum(mb_sums, keys=diag_keys)  # the weights are global shares: sums are the means
+                    mb_ratio = (dist.all_min(mb_ratio[0]), dist.all_max(mb_ratio[1]))
                     for k, v in mb_sums.items():
                         sums[k] = sums.get(k, 0.0) + v
                     ratio_min, ratio_max = min(ratio_min, mb_ratio[0]), max(ratio_max, mb_ratio[1])
@@ -597,7 +646,7 @@ class LMTrainer(RunLoop):
                     steps += 1
         finally:
             self.policy.model.eval()
-        out: dict[str, Any] = {"optimizer_steps": steps, "nonfinite_steps": skipped, "update_tokens": tokens}
+        out: dict[str, Any] = {"optimizer_steps": steps, "nonfinite_steps": skipped, "update_tokens": dist.all_sum(tokens)}
         if steps:  # averages over the steps taken (value_loss: mean over minibatches)
             out.update({k: v / steps for k, v in sums.items()})
             out.update(ratio_min=ratio_min, ratio_max=ratio_max, grad_norm=float(np.mean(grad_norms)))
@@ -635,24 +684,32 @@ class LMTrainer(RunLoop):
                      seconds: dict[str, float]) -> dict[str, Any]:
         """A language-model iteration's own metrics: episodes lost with their environment and worker
         restarts of a process pool (this iteration), format errors, response and prompt lengths,
-        generation and update throughput, the critic at collection time (``ppo``), the GPU's peak memory."""
+        generation and update throughput, the critic at collection time (``ppo``), the GPU's peak memory.
+
+        Data-parallel: counts are summed over the processes, rates and means weighted by each process's
+        rows, the throughputs are every process's tokens over the slowest process's seconds, the memory
+        peak is the largest."""
         restarts = int(getattr(self.pool, "n_restarts", 0))
+        n = len(rollout.response_ids)
+        generation_time, update_time = rollout.generation_time, seconds["time_update"]
+        if dist.is_distributed():  # the slowest process's seconds
+            generation_time, update_time = (float(t) for t in dist.all_max(np.asarray([generation_time, update_time])))
         row: dict[str, Any] = {
-            "lost_episodes": rollout.lost_episodes,
-            "worker_restarts": restarts - self._restarts_seen,
-            "format_error_rate": rollout.format_error_rate,
-            "truncated_response_rate": float(1.0 - rollout.finished.mean()),
-            "response_tokens": float(np.mean([len(r) for r in rollout.response_ids])),
-            "prompt_tokens": float(np.mean([len(p) for p in rollout.prompt_ids])),
-            "gen_tokens_per_s": rollout.generated_tokens / max(rollout.generation_time, 1e-9),
-            "update_tokens_per_s": update["update_tokens"] / max(seconds["time_update"], 1e-9),
+            "lost_episodes": dist.all_sum(rollout.lost_episodes),
+            "worker_restarts": dist.all_sum(restarts - self._restarts_seen),
+            "format_error_rate": dist.weighted_mean(rollout.format_error_rate, len(rollout.parse_reason)),
+            "truncated_response_rate": dist.weighted_mean(float(1.0 - rollout.finished.mean()), len(rollout.finished)),
+            "response_tokens": dist.weighted_mean(float(np.mean([len(r) for r in rollout.response_ids])), n),
+            "prompt_tokens": dist.weighted_mean(float(np.mean([len(p) for p in rollout.prompt_ids])), n),
+            "gen_tokens_per_s": dist.all_sum(rollout.generated_tokens) / max(generation_time, 1e-9),
+            "update_tokens_per_s": update["update_tokens"] / max(update_time, 1e-9),
         }
         if "values" in targets:  # the critic at collection time
-            row.update(value_mean=float(targets["values"].mean()),
-                       explained_variance=explained_variance(targets["values"], targets["returns"]))
+            values, returns = dist.gather_rows(targets["values"]), dist.gather_rows(targets["returns"])
+            row.update(value_mean=float(values.mean()), explained_variance=explained_variance(values, returns))
         self._restarts_seen = restarts
         if torch.cuda.is_available() and self.policy.device.type == "cuda":
-            row["gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.policy.device) / 2**30
+            row["gpu_peak_gb"] = dist.all_max(torch.cuda.max_memory_allocated(self.policy.device) / 2**30)
         return row
 
     # ------------------------------------------------------------------ persistence
@@ -755,7 +812,7 @@ class LMTrainer(RunLoop):
         environment pool), then draw ``curves.png`` unless the last evaluation just did. Returns the
         metrics history."""
         history = super().train()
-        if not (history and any(k.startswith("eval_") for k in history[-1])):
+        if dist.is_main() and not (history and any(k.startswith("eval_") for k in history[-1])):
             self.write_curves()
         return history
 
@@ -821,6 +878,7 @@ def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,
              eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Train one language-model run; returns its per-iteration metrics (also in ``cfg.run_dir()``:
     ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and the checkpoint). Checks the run directory
-    (:func:`gagpo.rundir.check_start`) before the model is loaded."""
-    check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
+    (:func:`gagpo.rundir.check_start`; on the main process of a data-parallel run, whose error every
+    process raises) before the model is loaded."""
+    dist.call_on_main(check_start, cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return LMTrainer(cfg, policy=policy, eval_hook=eval_hook).train()

@@ -6,6 +6,7 @@ import json
 import sys
 
 from .config import ENV_ALIASES, TrainConfig, add_dataclass_arguments, dataclass_from_args
+from .llm.devices import DTYPE_CHOICES
 from .registry import estimator_names, get_estimator
 
 
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_lm.add_argument("--model-config", choices=LM_BENCH_MODELS, default="qwen2.5-0.5b",
                       help="model shape; tiny is a 2-layer model for smoke tests (default: %(default)s)")
     p_lm.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ... (default: %(default)s)")
-    p_lm.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+    p_lm.add_argument("--dtype", choices=BENCH_DTYPES, default="auto",
                       help="auto: float32 on a CPU; on a GPU bf16 weights with LoRA, fp32 weights + bf16 autocast without (default: %(default)s)")
     p_lm.add_argument("--batch", type=int, default=64, help="prompts per generate call = rows per update (default: %(default)s)")
     p_lm.add_argument("--prompt-tokens", type=int, default=512,
@@ -151,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LM_BENCH_MODELS = ("tiny", "qwen2.5-0.5b", "qwen2.5-1.5b")
+BENCH_DTYPES = tuple(name for name in DTYPE_CHOICES if name != "float16")
+"""``bench lm``'s weight dtypes (``gagpo.llm.bench.BENCH_DTYPES``; float16 is not offered)."""
 """``gagpo.llm.bench.MODEL_CONFIGS``' names, repeated here so that building the parser imports no torch."""
 
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from gagpo.__main__ import LM_BENCH_MODELS, build_parser, main  # noqa: E402
+from gagpo.__main__ import BENCH_DTYPES, LM_BENCH_MODELS, build_parser, main  # noqa: E402
 from gagpo.llm import bench  # noqa: E402
 
 PHASES = ["rollout", "score", "update"]
@@ -61,6 +61,7 @@ def test_help_documents_every_option(capsys):
 
 def test_cli_names_and_defaults_match_the_library():
     assert tuple(LM_BENCH_MODELS) == tuple(bench.MODEL_CONFIGS)
+    assert BENCH_DTYPES == bench.BENCH_DTYPES  # the parser's choices (no torch import) are the settings' own
     args = build_parser().parse_args(["bench", "lm"])
     assert bench.settings_from_args(args) == bench.LMBenchSettings()
 

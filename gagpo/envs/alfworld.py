@@ -341,4 +341,4 @@ class AlfworldEnv(gym.Env):
 
 
 # The process pool moved to gagpo.envs.pool; importable from here as before.
-from .pool import ProcessEnvPool, RemoteEnv, _Worker, _worker_main  # noqa: E402,F401
+from .pool import ProcessEnvPool, RemoteEnv  # noqa: E402,F401

@@ -4,7 +4,9 @@
 episodes at once — one policy forward pass per time step for every episode still running — and
 returns a :class:`Rollout`: the :class:`~gagpo.batch.StepBatch` (one row per decision) plus what the
 update needs per row (observation, admissible actions, chosen action, its log-probability) and
-per-trajectory summaries (return, length, success).
+per-trajectory summaries (return, length, success). It is the episode loop of :mod:`gagpo.episodes`
+(:func:`~gagpo.episodes.run_episodes`, shared with the language-model collector
+:func:`gagpo.llm.rollout.collect_lm`) with a :class:`PolicyActor`, which picks the actions.
 
 Environments follow the protocol of :mod:`gagpo.envs.pool` (gymnasium API, text observations, ``info``
 with ``admissible_actions`` and ``won`` — :class:`~gagpo.envs.pool.EnvInfo`; ``step`` accepts an index into
@@ -14,7 +16,7 @@ the anchor key: identical situations give identical text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ import torch
 from .batch import StepBatch
 from .envs.factory import EnvFactory, ensure_registered
 from .envs.pool import EnvPool  # re-exported: its home is gagpo.envs.pool
+from .episodes import ActorStep, Episodes, run_episodes
 from .policies import action_log_probs, greedy_actions, sample_actions
 
 
@@ -92,6 +95,28 @@ def make_env_fn(env_id: str, max_steps: int = 0, **kwargs) -> EnvFactory:
     return EnvFactory(env_id, max_steps, dict(kwargs))
 
 
+class PolicyActor:
+    """The toy actor (:class:`gagpo.episodes.Actor`): a policy of :mod:`gagpo.policies` chooses an index into
+    the admissible actions — sampled with ``generator`` (deterministic for a seeded generator), or the
+    arg-max with ``greedy=True`` — and each row keeps it (``action``) and its log-probability (``logp``)."""
+
+    def __init__(self, policy: torch.nn.Module, generator: torch.Generator | None = None, greedy: bool = False):
+        self.policy, self.generator, self.greedy = policy, generator, greedy
+
+    def reset(self, observations: Sequence[str], infos: Sequence[Mapping[str, Any]]) -> None:
+        """Nothing to remember: the policy sees only the current observation."""
+
+    @torch.no_grad()
+    def act(self, active: Sequence[int], observations: Sequence[str], admissible: Sequence[list[str]],
+            infos: Sequence[Mapping[str, Any]], t: int) -> ActorStep:
+        """One forward pass for every active episode; the commands are the chosen indices."""
+        logits = self.policy.logits(list(observations), list(admissible))
+        acts = greedy_actions(logits) if self.greedy else sample_actions(logits, self.generator)
+        logps = action_log_probs(logits, acts).double().numpy()
+        chosen = [int(a) for a in acts.numpy()]
+        return ActorStep(commands=chosen, rows={"action": chosen, "logp": list(logps)})
+
+
 @torch.no_grad()
 def collect(
     pool: EnvPool,
@@ -104,69 +129,21 @@ def collect(
     """Run ``group_size`` episodes from each task seed; rollout group k holds the episodes of
     ``task_seeds[k]``. Episodes end when the environment terminates or truncates them.
     ``greedy=True`` takes the arg-max action (evaluation); otherwise actions are sampled with
-    ``generator`` (deterministic for a seeded generator)."""
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1; got {group_size}")
-    n = len(task_seeds) * group_size
-    group_of = np.repeat(np.arange(len(task_seeds)), group_size)
-    task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
-    obs: list[str] = [""] * n
-    adm: list[list[str]] = [[] for _ in range(n)]
-    for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
-        obs[i], adm[i] = o, list(info["admissible_actions"])
-    active = list(range(n))
-    step_count = np.zeros(n, dtype=np.int64)
-    rows: dict[str, list] = {k: [] for k in (
-        "traj", "step", "obs", "next_obs", "adm", "action", "logp", "reward", "terminated", "truncated", "invalid")}
-    won = np.zeros(n, dtype=bool)
-    ret = np.zeros(n)
-    while active:
-        logits = policy.logits([obs[i] for i in active], [adm[i] for i in active])
-        acts = greedy_actions(logits) if greedy else sample_actions(logits, generator)
-        logps = action_log_probs(logits, acts).double().numpy()
-        acts = acts.numpy()
-        still = []
-        results = pool.step_many(active, [int(a) for a in acts])
-        for j, i in enumerate(active):
-            a = int(acts[j])
-            next_obs, reward, terminated, truncated, info = results[j]
-            rows["traj"].append(i)
-            rows["step"].append(step_count[i])
-            rows["obs"].append(obs[i])
-            rows["next_obs"].append(next_obs)
-            rows["adm"].append(adm[i])
-            rows["action"].append(a)
-            rows["logp"].append(logps[j])
-            rows["reward"].append(float(reward))
-            rows["terminated"].append(bool(terminated))
-            rows["truncated"].append(bool(truncated) and not terminated)
-            rows["invalid"].append(bool(info.get("invalid_action", False)))
-            step_count[i] += 1
-            ret[i] += reward
-            if terminated or truncated:
-                won[i] = bool(info.get("won", False))
-            else:
-                obs[i], adm[i] = next_obs, list(info["admissible_actions"])
-                still.append(i)
-        active = still
-    return Rollout(**rollout_fields(rows, group_of, task_of, ret, step_count, won, np.asarray(rows["logp"])))
+    ``generator`` (deterministic for a seeded generator).
+
+    :func:`gagpo.episodes.run_episodes` with a :class:`PolicyActor`. An episode whose environment was lost
+    keeps its rows (a truncated last transition), as it always did here; :func:`gagpo.llm.rollout.collect_lm`
+    leaves such episodes out."""
+    episodes = run_episodes(pool, PolicyActor(policy, generator, greedy), task_seeds, group_size, drop_lost=False)
+    return Rollout(**rollout_fields(episodes, np.asarray(episodes.column("logp"))))
 
 
-def rollout_fields(rows: dict[str, list], group_of: np.ndarray, task_of: np.ndarray, traj_return: np.ndarray,
-                   traj_length: np.ndarray, traj_won: np.ndarray, logp: np.ndarray) -> dict[str, Any]:
-    """The :class:`Rollout` fields from per-row lists (keys ``traj, step, obs, next_obs, adm, action,
-    reward, terminated, truncated, invalid``; optionally ``key, next_key``, the anchor keys of ``obs`` and
-    ``next_obs`` when they are not the observation text itself) and per-trajectory arrays; shared by every
-    collector."""
-    traj = np.asarray(rows["traj"], dtype=np.int64)
-    batch = StepBatch(
-        group_id=group_of[traj], traj_id=traj, step=np.asarray(rows["step"], dtype=np.int64),
-        obs_key=rows.get("key", rows["obs"]), next_obs_key=rows.get("next_key", rows["next_obs"]), reward=rows["reward"],
-        terminated=rows["terminated"], truncated=rows["truncated"],
-    )
+def rollout_fields(episodes: Episodes, logp: np.ndarray) -> dict[str, Any]:
+    """The :class:`Rollout` fields of a collection (its rows' ``logp`` given apart: an actor may score its
+    actions only after the loop); shared by every collector."""
     return dict(
-        batch=batch, observations=rows["obs"], next_observations=rows["next_obs"], admissible=rows["adm"],
-        actions=np.asarray(rows["action"], dtype=np.int64), logp=logp,
-        invalid=np.asarray(rows["invalid"], dtype=bool), traj_return=traj_return, traj_length=traj_length,
-        traj_won=traj_won, traj_task=task_of,
+        batch=episodes.batch(), observations=episodes.column("obs"), next_observations=episodes.column("next_obs"),
+        admissible=episodes.column("adm"), actions=np.asarray(episodes.column("action"), dtype=np.int64), logp=logp,
+        invalid=np.asarray(episodes.column("invalid"), dtype=bool), traj_return=episodes.traj_return,
+        traj_length=episodes.traj_length, traj_won=episodes.traj_won, traj_task=episodes.task_of,
     )

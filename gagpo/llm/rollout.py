@@ -5,7 +5,9 @@ episodes in lockstep — one batched ``generate`` call per time step for every e
 and returns an :class:`LMRollout`: the same :class:`~gagpo.batch.StepBatch` as the toy rollouts (one
 row per decision, ``obs_key`` = the raw observation text, so anchor states form exactly as they do
 there) plus, per row, the prompt and response token ids and their log-probabilities under the
-policy that sampled them.
+policy that sampled them. It is the episode loop of :mod:`gagpo.episodes` (:func:`~gagpo.episodes.run_episodes`,
+the one :func:`gagpo.rollout.collect` runs too) with an :class:`LMActor`, which picks the actions by
+writing text.
 
 One step of one episode:
 
@@ -32,19 +34,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..episodes import ActorStep, run_episodes
 from ..rollout import EnvPool, Rollout, rollout_fields
 from .policy import LMPolicy, SamplingSettings, unpad_rows
 from .prompts import PromptTemplate
 
-if TYPE_CHECKING:  # gagpo.envs.adapter imports gagpo.llm's string modules: imported in collect_lm
+if TYPE_CHECKING:  # gagpo.envs.adapter imports gagpo.llm's string modules: imported in LMActor
     from ..envs.adapter import EnvAdapter
 
-__all__ = ["LMRollout", "collect_lm", "NO_ACTION"]
+__all__ = ["LMRollout", "LMActor", "collect_lm", "NO_ACTION"]
 
 NO_ACTION = "<no action>"
 """Sent to the environment when a response holds no action at all (no environment admits it)."""
@@ -138,122 +141,103 @@ def collect_lm(
     Returns:
         An :class:`LMRollout`.
     """
-    if group_size < 1:
-        raise ValueError(f"group_size must be >= 1; got {group_size}")
-    if history < 0:
-        raise ValueError(f"history must be >= 0; got {history}")
-    if invalid_penalty < 0:
-        raise ValueError(f"invalid_penalty must be >= 0; got {invalid_penalty}")
-    from ..envs.adapter import DEFAULT_ADAPTER
-
-    sampling = sampling or SamplingSettings()
-    adapter = adapter or DEFAULT_ADAPTER
-    if template is not None:
-        adapter = dataclasses.replace(adapter, template=template)
-    n = len(task_seeds) * group_size
-    group_of = np.repeat(np.arange(len(task_seeds)), group_size)
-    task_of = np.repeat(np.asarray(task_seeds, dtype=np.int64), group_size)
-    obs: list[str] = [""] * n
-    adm: list[list[str]] = [[] for _ in range(n)]
-    task: list[str] = [""] * n
-    past: list[list[tuple[str, str]]] = [[] for _ in range(n)]
-    task_type: list[str] = [""] * n
-    bootstrap: list[list[int]] = [[] for _ in range(n)]
-    for i, (o, info) in enumerate(pool.reset_many(task_of.tolist())):
-        obs[i], adm[i] = o, list(info["admissible_actions"])
-        task[i] = adapter.task(o, info)
-        task_type[i] = str(info.get("task_type") or "")
-
-    def make_prompt(i: int, observation: str, admissible: list[str]) -> tuple[str, list[int], bool]:
-        """Episode i's prompt at ``observation``: (text, token ids, whether history pairs were dropped)."""
-        k = min(history, len(past[i]))
-        while True:
-            text = policy.render(adapter.prompt(task[i], observation, admissible,
-                                                past[i][len(past[i]) - k:] if k else [], len(past[i])))
-            ids = policy.encode_prompts([text])[0]
-            if not max_prompt_tokens or len(ids) <= max_prompt_tokens or k == 0:
-                return text, ids, k < min(history, len(past[i]))
-            k -= 1
-    rows: dict[str, list] = {k: [] for k in (
-        "traj", "step", "obs", "next_obs", "key", "next_key", "adm", "action", "reward", "terminated", "truncated",
-        "invalid", "prompt", "response", "prompt_ids", "response_ids", "command", "reason", "finished")}
-    won = np.zeros(n, dtype=bool)
-    lost = np.zeros(n, dtype=bool)
-    ret = np.zeros(n)
-    steps = np.zeros(n, dtype=np.int64)
-    active = list(range(n))
-    gen_time, dropped, t = 0.0, 0, 0
-    while active:
-        prompts, prompt_ids = [], []
-        for i in active:
-            text, ids, cut = make_prompt(i, obs[i], adm[i])
-            dropped += cut
-            prompts.append(text)
-            prompt_ids.append(ids)
-        t0 = time.perf_counter()
-        gen = policy.generate(prompt_ids, sampling, seed=None if seed is None else seed + 1000 * t)
-        gen_time += time.perf_counter() - t0
-        parsed = [adapter.project(text, adm[i], require_think=require_think, strict=strict,
-                                  finished=gen.finished[j] if gen.finished else True)
-                  for j, (text, i) in enumerate(zip(gen.texts, active))]
-        commands = [p.command if p.valid else (p.command or NO_ACTION) for p in parsed]
-        results = pool.step_many(active, commands)
-        still = []
-        for j, i in enumerate(active):
-            p = parsed[j]
-            next_obs, reward, terminated, truncated, info = results[j]
-            bad = (not p.valid) or bool(info.get("invalid_action", False))
-            reward = float(reward) - (invalid_penalty if bad else 0.0)
-            rows["traj"].append(i)
-            rows["step"].append(steps[i])
-            rows["obs"].append(obs[i])
-            rows["next_obs"].append(next_obs)
-            rows["key"].append(adapter.anchor_key(obs[i]))
-            rows["next_key"].append(adapter.anchor_key(next_obs))
-            rows["adm"].append(adm[i])
-            rows["action"].append(adm[i].index(p.command) if p.valid and p.command in adm[i] else -1)
-            rows["reward"].append(reward)
-            rows["terminated"].append(bool(terminated))
-            rows["truncated"].append(bool(truncated) and not terminated)
-            rows["invalid"].append(bad)
-            rows["prompt"].append(prompts[j])
-            rows["response"].append(gen.texts[j])
-            rows["prompt_ids"].append(gen.prompt_ids[j])
-            rows["response_ids"].append(gen.response_ids[j])
-            rows["command"].append(commands[j])
-            rows["reason"].append(p.reason)
-            rows["finished"].append(gen.finished[j])
-            steps[i] += 1
-            ret[i] += reward
-            past[i].append((obs[i], commands[j]))
-            if terminated or truncated:
-                won[i] = bool(info.get("won", False))
-                lost[i] = bool(info.get("worker_restarted") or info.get("env_error"))
-                if truncated and not terminated:  # the critic bootstraps from the prompt at the cut
-                    bootstrap[i] = make_prompt(i, next_obs, list(info.get("admissible_actions") or []))[1]
-            else:
-                obs[i], adm[i] = next_obs, list(info["admissible_actions"])
-                still.append(i)
-        active = still
-        t += 1
-    if lost.any():  # episodes whose environment was lost: neither trained on nor counted (traj_lost)
-        keep = [k for k, i in enumerate(rows["traj"]) if not lost[i]]
-        rows = {name: [values[k] for k in keep] for name, values in rows.items()}
+    actor = LMActor(policy, sampling, history=history, seed=seed, template=template,
+                    max_prompt_tokens=max_prompt_tokens, require_think=require_think, adapter=adapter, strict=strict)
+    episodes = run_episodes(pool, actor, task_seeds, group_size, invalid_penalty=invalid_penalty,
+                            anchor_key=actor.adapter.anchor_key)
+    column = episodes.column
+    bootstrap: list[list[int]] = [[] for _ in episodes.traj_truncated]
+    for i in np.flatnonzero(episodes.traj_truncated).tolist():  # the critic bootstraps from the prompt at the cut
+        cut_at, info = episodes.last_observation[i], episodes.last_info[i]
+        bootstrap[i] = actor.prompt(i, cut_at, list(info.get("admissible_actions") or []))[1]
     token_logp: list[np.ndarray] = []
-    seq_logp = np.zeros(len(rows["traj"]))
+    seq_logp = np.zeros(len(column("traj")))
     t0 = time.perf_counter()
-    if compute_logp and rows["traj"]:
+    if compute_logp and column("traj"):
         with torch.no_grad():
-            lp, mask = policy.token_logprobs(rows["prompt_ids"], rows["response_ids"], temperature=sampling.temperature)
+            lp, mask = policy.token_logprobs(column("prompt_ids"), column("response_ids"),
+                                             temperature=actor.sampling.temperature)
         token_logp = unpad_rows(lp, mask)
         seq_logp = np.asarray([x.sum(dtype=np.float64) for x in token_logp])
     score_time = time.perf_counter() - t0
     return LMRollout(
-        **rollout_fields(rows, group_of, task_of, ret, steps, won, seq_logp),
-        prompts=rows["prompt"], responses=rows["response"], prompt_ids=rows["prompt_ids"],
-        response_ids=rows["response_ids"], commands=rows["command"], parse_reason=rows["reason"],
-        finished=np.asarray(rows["finished"], dtype=bool), token_logp=token_logp,
-        generated_tokens=sum(len(r) for r in rows["response_ids"]), generation_time=gen_time,
-        scoring_time=score_time, dropped_history=dropped, traj_task_type=task_type, bootstrap_prompt_ids=bootstrap,
-        traj_lost=lost,
+        **rollout_fields(episodes, seq_logp),
+        prompts=column("prompt"), responses=column("response"), prompt_ids=column("prompt_ids"),
+        response_ids=column("response_ids"), commands=column("command"), parse_reason=column("reason"),
+        finished=np.asarray(column("finished"), dtype=bool), token_logp=token_logp,
+        generated_tokens=sum(len(r) for r in column("response_ids")), generation_time=actor.generation_time,
+        scoring_time=score_time, dropped_history=actor.dropped_history,
+        traj_task_type=[str(info.get("task_type") or "") for info in episodes.reset_infos],
+        bootstrap_prompt_ids=bootstrap, traj_lost=episodes.traj_lost,
     )
+
+
+class LMActor:
+    """The language-model actor (:class:`gagpo.episodes.Actor`): one batched ``generate`` per time step.
+
+    Each active episode gets its prompt (the adapter's, from the task, the observation, the last
+    ``history`` (observation, command) pairs and the admissible actions; history pairs dropped, oldest
+    first, while it is longer than ``max_prompt_tokens`` > 0); the model answers; the adapter projects
+    each answer onto a command. A valid one is sent in the environment's spelling; an invalid one is
+    marked invalid and replaced by the inadmissible command itself, or :data:`NO_ACTION`. Per row it
+    keeps ``action`` (index in the admissible list, or -1), ``prompt``, ``response``, ``prompt_ids``,
+    ``response_ids``, ``command``, ``reason`` and ``finished``; it counts ``generation_time`` and
+    ``dropped_history``. The arguments are those of :func:`collect_lm`.
+    """
+
+    def __init__(self, policy: LMPolicy, sampling: SamplingSettings | None = None, *, history: int = 2,
+                 seed: int | None = None, template: PromptTemplate | None = None, max_prompt_tokens: int = 0,
+                 require_think: bool = False, adapter: EnvAdapter | None = None, strict: bool = False):
+        if history < 0:
+            raise ValueError(f"history must be >= 0; got {history}")
+        from ..envs.adapter import DEFAULT_ADAPTER
+
+        self.adapter = adapter or DEFAULT_ADAPTER
+        if template is not None:
+            self.adapter = dataclasses.replace(self.adapter, template=template)
+        self.policy, self.sampling, self.history, self.seed = policy, sampling or SamplingSettings(), history, seed
+        self.max_prompt_tokens, self.require_think, self.strict = max_prompt_tokens, require_think, strict
+        self.task: list[str] = []
+        self.past: list[list[tuple[str, str]]] = []
+        self.generation_time, self.dropped_history = 0.0, 0
+
+    def reset(self, observations: Sequence[str], infos: Sequence[Mapping[str, Any]]) -> None:
+        """Read each episode's task; no history yet."""
+        self.task = [self.adapter.task(o, info) for o, info in zip(observations, infos)]
+        self.past = [[] for _ in observations]
+
+    def prompt(self, i: int, observation: str, admissible: list[str]) -> tuple[str, list[int], bool]:
+        """Episode i's prompt at ``observation``: (text, token ids, whether history pairs were dropped)."""
+        past = self.past[i]
+        k = min(self.history, len(past))
+        while True:
+            text = self.policy.render(self.adapter.prompt(self.task[i], observation, admissible,
+                                                          past[len(past) - k:] if k else [], len(past)))
+            ids = self.policy.encode_prompts([text])[0]
+            if not self.max_prompt_tokens or len(ids) <= self.max_prompt_tokens or k == 0:
+                return text, ids, k < min(self.history, len(past))
+            k -= 1
+
+    def act(self, active: Sequence[int], observations: Sequence[str], admissible: Sequence[list[str]],
+            infos: Sequence[Mapping[str, Any]], t: int) -> ActorStep:
+        """Prompt, generate (seeded with ``seed + 1000 * t``), project; remember each (observation, command)."""
+        prompts, prompt_ids = [], []
+        for i, o, adm in zip(active, observations, admissible):
+            text, ids, cut = self.prompt(i, o, adm)
+            self.dropped_history += cut
+            prompts.append(text)
+            prompt_ids.append(ids)
+        t0 = time.perf_counter()
+        gen = self.policy.generate(prompt_ids, self.sampling, seed=None if self.seed is None else self.seed + 1000 * t)
+        self.generation_time += time.perf_counter() - t0
+        parsed = [self.adapter.project(text, adm, require_think=self.require_think, strict=self.strict,
+                                       finished=gen.finished[j] if gen.finished else True)
+                  for j, (text, adm) in enumerate(zip(gen.texts, admissible))]
+        commands = [p.command if p.valid else (p.command or NO_ACTION) for p in parsed]
+        for i, o, command in zip(active, observations, commands):
+            self.past[i].append((o, command))
+        actions = [adm.index(p.command) if p.valid and p.command in adm else -1 for p, adm in zip(parsed, admissible)]
+        return ActorStep(commands=commands, valid=[p.valid for p in parsed], rows=dict(
+            action=actions, prompt=prompts, response=gen.texts, prompt_ids=gen.prompt_ids,
+            response_ids=gen.response_ids, command=commands, reason=[p.reason for p in parsed],
+            finished=gen.finished))

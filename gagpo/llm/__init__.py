@@ -11,9 +11,13 @@ The pieces, kept apart as the rest of the library keeps environment, rollout and
     actor.py     Actor: teacher-forced token log-probs (TokenLogprobs), hidden states, LoRA, dtype
     reference.py Reference: the reference policy for the KL penalty (frozen copy, or adapters off)
     devices.py   --device and --dtype by name -> torch objects
-    rollout.py   collect_lm: group rollouts with generated text -> StepBatch + token data
+    rollout.py   collect_lm (LMActor in gagpo.episodes' loop): group rollouts with generated text -> StepBatch + token data
     value.py     ValueHead: a learned critic V(s) on the policy's hidden state (algo "ppo")
     train.py     LMTrainConfig, train_lm: rollout -> gagpo.advantages -> ppo_clip_loss; evaluation per split
+    experts.py   expert trajectories (MiniHousehold's exact model, ALFWorld walkthroughs) -> (prompt, response) pairs
+    sft.py       SFTConfig, sft: behaviour cloning on expert pairs, the warm start before RL
+    learning.py  bench lm-learning: one SFT warm start, then RL with each estimator over seeds
+    bench.py     bench lm: speed and memory of a real-shape model;  gpucheck.py: python -m gagpo check-gpu
 
 ``prompts``, ``parsing`` and ``devices`` load no torch when imported; ``transformers`` is imported when a model is built.
 The names below are imported lazily, on first access: ``import gagpo.llm.prompts`` loads no torch.
@@ -29,7 +33,7 @@ _LAZY = {
                      "render_prompt"), "prompts"),
     **dict.fromkeys(("build_tiny_model", "build_tiny_tokenizer", "tiny_model_path"), "tiny"),
     **dict.fromkeys(("Generation", "LMPolicy", "LoraSettings", "SamplingSettings", "TokenLogprobs"), "policy"),
-    **dict.fromkeys(("NO_ACTION", "LMRollout", "collect_lm"), "rollout"),
+    **dict.fromkeys(("NO_ACTION", "LMRollout", "LMActor", "collect_lm"), "rollout"),
     **dict.fromkeys(("ValueHead", "next_state_values"), "value"),
     **dict.fromkeys(("LM_ALGOS", "EvalSet", "LMTrainConfig", "LMTrainer", "evaluation_metrics", "train_lm"), "train"),
 }
@@ -59,7 +63,7 @@ __all__ = [
     "PromptTemplate", "DEFAULT_TEMPLATE", "build_prompt", "build_messages", "render_prompt", "extract_task",
     "build_tiny_model", "build_tiny_tokenizer", "tiny_model_path",
     "LMPolicy", "LoraSettings", "SamplingSettings", "Generation", "TokenLogprobs",
-    "LMRollout", "collect_lm", "NO_ACTION",
+    "LMRollout", "LMActor", "collect_lm", "NO_ACTION",
     "ValueHead", "next_state_values",
     "LMTrainConfig", "LMTrainer", "train_lm", "LM_ALGOS", "EvalSet", "evaluation_metrics",
 ]

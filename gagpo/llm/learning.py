@@ -73,13 +73,14 @@ class LearningProfile:
     sft_tasks: int = 1000                       #: expert episodes (task seeds 0..n-1)
     sft_seed: int = 0
     # --- RL
-    iterations: int = 30
-    tasks_per_iter: int = 8
+    iterations: int = 50
+    tasks_per_iter: int = 4
     group_size: int = 8
-    lr: float = 1e-3
+    lr: float = 1e-4
+    minibatch_size: int = 64                    #: rows per optimizer step (one update epoch over the iteration's rows)
     kl_coef: float = 0.01
     temperature: float = 1.0
-    eval_every: int = 5
+    eval_every: int = 10
     eval_episodes: int = 64
     threads: int = 1                            #: torch threads per run (the runs go in parallel processes)
     label: str = ""
@@ -105,7 +106,7 @@ class LearningProfile:
             model=self.sft_config(root).model_dir(), env=self.env, env_kwargs=dict(self.env_kwargs), max_steps=self.max_steps,
             algo=algo, seed=seed, iterations=self.iterations, tasks_per_iter=self.tasks_per_iter, group_size=self.group_size,
             history=self.history, max_new_tokens=self.max_new_tokens, temperature=self.temperature, lr=self.lr,
-            kl_coef=self.kl_coef, eval_every=self.eval_every, eval_episodes=self.eval_episodes, gradient_checkpointing=False,
+            minibatch_size=self.minibatch_size, kl_coef=self.kl_coef, eval_every=self.eval_every, eval_episodes=self.eval_episodes, gradient_checkpointing=False,
             checkpoint_every=self.eval_every, device="cpu", out_dir=os.path.join(root, self.name, f"{algo}-seed{seed}"),
             resume=True, progress=False, threads=self.threads,
         )
@@ -117,14 +118,14 @@ class LearningProfile:
                 f"responses ≤ {self.max_new_tokens} tokens. Warm start: {self.sft_steps} SFT steps of {self.sft_batch_size} expert "
                 f"(prompt, response) pairs from {self.sft_tasks} expert episodes, lr {self.sft_lr:g}, seed {self.sft_seed}. "
                 f"RL: {self.iterations} iterations × {self.tasks_per_iter} tasks × group size {self.group_size} for every method "
-                f"(the same env-step budget), lr {self.lr:g}, k3 KL to the warm start with coefficient {self.kl_coef:g}, "
+                f"(the same env-step budget), lr {self.lr:g} in minibatches of {self.minibatch_size} rows, k3 KL to the warm start with coefficient {self.kl_coef:g}, "
                 f"sampling temperature {self.temperature:g}, seeds {list(self.seeds)}. Held-out success: the greedy policy on "
                 f"{self.eval_episodes} held-out tasks every {self.eval_every} iterations.")
 
 
 PROFILES: dict[str, LearningProfile] = {
     "full": LearningProfile("full", seeds=tuple(range(5)), label="MiniHousehold level 1, tiny model, full profile"),
-    "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=6, tasks_per_iter=4, eval_every=3, eval_episodes=32,
+    "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=8, eval_every=4, eval_episodes=32,
                              label="MiniHousehold level 1, tiny model, quick profile"),
 }
 

@@ -130,10 +130,10 @@ def test_expert_prompts_on_alfworld_walkthroughs(policy):
 def test_responses_are_the_format_warm_up_responses(policy):
     """The tiny model's format warm-up answers `<think> i will CMD </think> <action> CMD </action>` + EOS:
     the expert's responses tokenize to exactly the same ids for the same command."""
-    from gagpo.llm.tiny import _format_examples
+    from gagpo.llm.tiny import format_examples
 
     tok = policy.tokenizer
-    for _, response_ids in _format_examples(tok, n=20, seed=0, context=128):
+    for _, response_ids in format_examples(tok, n=20, seed=0, context=128):
         command = parse_action(tok.decode(response_ids, skip_special_tokens=True), []).command
         ours = tok(expert_response(command), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert ours == response_ids

@@ -206,7 +206,7 @@ def build_check_model(out_dir: str, device: str = "auto", quick: bool = False, s
 
     from .bench import MODEL_CONFIGS
     from .encoding import pad_after_first
-    from .tiny import _format_examples, build_tiny_tokenizer, tiny_config
+    from .tiny import format_examples, build_tiny_tokenizer, tiny_config
 
     dev = resolve_device(device)
     steps = (20 if quick else 150) if steps is None else steps
@@ -219,7 +219,7 @@ def build_check_model(out_dir: str, device: str = "auto", quick: bool = False, s
     cfg.max_position_embeddings = 4096
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).to(dev)
-    examples = _format_examples(tok, steps * 16, seed, 256)
+    examples = format_examples(tok, steps * 16, seed, 256)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4 if not quick else 3e-3, weight_decay=0.0)
     t0, losses = time.perf_counter(), []
     model.train()

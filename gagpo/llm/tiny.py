@@ -43,7 +43,7 @@ import numpy as np
 
 __all__ = [
     "TAG_TOKENS", "SPECIAL_TOKENS", "DEFAULT_FORMAT_STEPS", "TINY_MODEL_SIZES", "SMALL_MODEL_SIZES", "CHAT_TEMPLATE", "ALFWORLD_RECEPTACLES", "ALFWORLD_OBJECTS",
-    "tiny_corpus", "build_tiny_tokenizer", "tiny_config", "build_tiny_model", "tiny_model_path", "default_cache_dir",
+    "tiny_corpus", "build_tiny_tokenizer", "tiny_config", "format_examples", "build_tiny_model", "tiny_model_path", "default_cache_dir",
 ]
 
 TAG_TOKENS = ("<think>", "</think>", "<action>", "</action>")
@@ -184,7 +184,7 @@ def _fingerprint(tokenizer, seed: int, format_steps: int, sizes: dict | None = N
 
 
 # ---------------------------------------------------------------------------------------- model
-def _format_examples(tokenizer, n: int, seed: int, context: int) -> list[tuple[list[int], list[int]]]:
+def format_examples(tokenizer, n: int, seed: int, context: int) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) for the format warm-up: the last ``context`` tokens of prompts with
     up to 2 history pairs from random MiniHousehold walks, and a random admissible answer."""
     from .prompts import build_prompt, render_prompt
@@ -210,7 +210,7 @@ def _format_warmup(model, tokenizer, steps: int, seed: int, batch_size: int = 16
     linearly to 0); returns the losses."""
     import torch
 
-    examples = _format_examples(tokenizer, steps * batch_size, seed, context)
+    examples = format_examples(tokenizer, steps * batch_size, seed, context)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0 - k / steps)
     model.train()

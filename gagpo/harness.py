@@ -99,6 +99,17 @@ def _acquire_run_lock(run_dir: str, poll_s: float = 5.0) -> RunLock | None:
     return None
 
 
+def timed_run(run_dir: str, run: Any) -> list[dict[str, Any]]:
+    """Call ``run()`` (a training that returns its history) and append its wall and CPU seconds to
+    ``<run_dir>/`` :data:`TIMING_FILE` (one line per invocation: a resumed run adds one)."""
+    t0, c0 = time.time(), time.process_time()
+    history = run()
+    with open(os.path.join(run_dir, TIMING_FILE), "a") as fh:
+        fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
+                             "date": time.strftime(TIMING_DATE)}) + "\n")
+    return history
+
+
 #: configuration class name -> (module, class, module of its train function, the function): what
 #: :func:`run_configs` trains — the toy trainer and the language-model trainer. Named by strings so
 #: that this module imports no torch.
@@ -132,11 +143,7 @@ def _train_one(cfg_dict: dict[str, Any], kind: str = "TrainConfig") -> list[dict
         if done is not None:
             return done
     try:
-        t0, c0 = time.time(), time.process_time()
-        history = train(cfg)
-        with open(os.path.join(cfg.run_dir(), TIMING_FILE), "a") as fh:
-            fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
-                                 "date": time.strftime(TIMING_DATE)}) + "\n")
+        history = timed_run(cfg.run_dir(), lambda: train(cfg))
     finally:
         lock.release()
     return history
@@ -218,4 +225,4 @@ def training_time(configs: Sequence[TrainConfig]) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": cpu, "runs_timed": timed, "runs": len(configs), "span_s": span, "first_start": first}
 
 
-__all__ = ["Profile", "finished_history", "run_configs", "finished_only", "training_time", "TIMING_FILE"]
+__all__ = ["Profile", "finished_history", "run_configs", "finished_only", "training_time", "timed_run", "TIMING_FILE"]

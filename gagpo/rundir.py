@@ -103,6 +103,18 @@ def atomic_write(path: str, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]
         raise
 
 
+def replace_dir(tmp: str, path: str) -> None:
+    """Put the finished folder ``tmp`` in the place of ``path``: ``path`` is renamed to ``<path>.old``,
+    ``tmp`` to ``path``, then ``<path>.old`` is removed. A crash between the two renames leaves only
+    ``<path>.old``, the previous complete folder (which a reader may restore); never half of one."""
+    old = path + ".old"
+    if os.path.exists(path):
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def existing_run(run_dir: str) -> list[str]:
     """The names in :data:`RUN_MARKERS` present in ``run_dir``: non-empty when it holds a run."""
     return [name for name in RUN_MARKERS if os.path.exists(os.path.join(run_dir, name))]

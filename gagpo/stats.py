@@ -137,6 +137,14 @@ def smoothness(history: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     }
 
 
+def mean_over_run(x: np.ndarray, y: np.ndarray) -> float:
+    """The area under the curve ``y(x)`` (trapezoids) divided by its length: the average held-out success
+    over a run; ``y[0]`` for a curve of one point (or no length), NaN for an empty one."""
+    if len(x) > 1 and x[-1] > x[0]:
+        return float(_trapezoid(y, x) / (x[-1] - x[0]))
+    return float(y[0]) if len(y) else float("nan")
+
+
 def run_summary(history: Sequence[Mapping[str, Any]], thresholds: Sequence[float] = THRESHOLDS,
                 final_evals: int = FINAL_EVALS) -> dict[str, float]:
     """One run's numbers: final held-out success (mean of the last ``final_evals`` evaluations),
@@ -146,7 +154,7 @@ def run_summary(history: Sequence[Mapping[str, Any]], thresholds: Sequence[float
     x, y = eval_curve(history)
     out: dict[str, float] = {
         "final_success": float(y[-final_evals:].mean()) if len(y) else float("nan"),
-        "auc_success": float(_trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else (float(y[0]) if len(y) else float("nan")),
+        "auc_success": mean_over_run(x, y),
         "env_steps": float(history[-1]["env_steps"]) if history else 0.0,
         "iterations": float(history[-1]["iteration"]) if history else 0.0,
     }
@@ -197,4 +205,4 @@ def ratio_ci(num: Sequence[float], den: Sequence[float], n_boot: int = N_BOOT, s
 
 
 __all__ = ["CI_LEVEL", "N_BOOT", "FINAL_EVALS", "THRESHOLDS", "SUMMARY_KEYS", "threshold_key", "bootstrap_ci", "steps_to_threshold",
-           "eval_curve", "curves_on_grid", "smoothness", "run_summary", "summarise", "ratio_ci"]
+           "eval_curve", "curves_on_grid", "mean_over_run", "smoothness", "run_summary", "summarise", "ratio_ci"]

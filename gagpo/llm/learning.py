@@ -27,7 +27,6 @@ interrupted benchmark continues where it stopped.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,10 +34,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..harness import finished_history, run_configs
+from ..harness import finished_history, run_configs, timed_run
 from ..reports import CSV_FLOAT, compare_with_committed, produced_by, report_dir, write_report
 from ..rundir import read_jsonl
-from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve
+from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve, mean_over_run
 from ..tables import write_csv
 
 __all__ = ["LearningProfile", "PROFILES", "TARGET_GAIN", "CSV_COLUMNS", "lm_learning", "warm_start", "learning_summary",
@@ -140,12 +139,7 @@ def warm_start(prof: LearningProfile, root: str) -> list[dict[str, Any]]:
     done = finished_history(cfg) if os.path.isdir(cfg.model_dir()) else None
     if done is not None:
         return done
-    t0, c0 = time.time(), time.process_time()
-    history = sft(cfg)
-    with open(os.path.join(cfg.run_dir(), "timing.jsonl"), "a") as fh:
-        fh.write(json.dumps({"wall_s": time.time() - t0, "cpu_s": time.process_time() - c0, "iterations": len(history),
-                             "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
-    return history
+    return timed_run(cfg.run_dir(), lambda: sft(cfg))
 
 
 def _last_eval(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -185,8 +179,7 @@ def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL
             _, inv = eval_curve(hist, "eval_invalid_rate")
             kl = [float(r["kl_ref"]) for r in hist if r.get("kl_ref", "") != ""]
             final = float(y[-final_evals:].mean())
-            span = x[-1] - x[0] if len(x) > 1 else 0.0
-            auc = float(np.trapezoid(y, x) / span) if span > 0 else float(y[0])
+            auc = mean_over_run(x, y)
             per_seed.append({"seed": s, "start": float(y[0]), "final": final, "gain": final - float(y[0]), "auc": auc,
                              "final_invalid": float(inv[-final_evals:].mean()) if len(inv) else float("nan"),
                              "kl_ref": kl[-1] if kl else float("nan"), "env_steps": float(x[-1])})

@@ -68,7 +68,7 @@ import torch
 from ..config import BaseConfig, copy_field, setting
 from ..guard import all_finite
 from ..rollout import make_env_fn
-from ..rundir import check_start
+from ..rundir import check_start, replace_dir
 from ..runloop import TRAIN_SEED_RANGE
 from .experts import DEFAULT_THOUGHT, ExpertEpisode, SFTExample, expert_episodes, expert_examples
 from .policy import LMPolicy
@@ -332,7 +332,7 @@ class SFTTrainer(LMTrainer):
         model = self.policy.model
         if self.policy.is_lora:
             model = copy.deepcopy(model).merge_and_unload()  # W + (α/r) BA; the policy keeps its adapters
-        tmp, old = path + ".tmp", path + ".old"
+        tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             model.save_pretrained(tmp)
@@ -340,11 +340,7 @@ class SFTTrainer(LMTrainer):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if os.path.exists(path):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
         return path
 
     # ------------------------------------------------------------------ display

@@ -91,7 +91,7 @@ from ..envs.factory import EnvFactory
 from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
 from ..losses import AGGREGATIONS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
-from ..rundir import RunDirError, atomic_write, check_start, damaged, write_error
+from ..rundir import RunDirError, atomic_write, check_start, damaged, replace_dir, write_error
 from ..registry import estimator_names, get_estimator
 from ..runloop import TRAIN_SEED_RANGE, RunLoop
 from ..trainer import critic_targets, estimator_advantages
@@ -736,7 +736,7 @@ class LMTrainer(RunLoop):
         non-finite weights."""
         self.check_weights_finite("refusing to write the checkpoint: the weights")
         path = self.checkpoint_path()
-        tmp, old = path + ".tmp", path + ".old"
+        tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:  # everything into checkpoint.tmp, trainer_state.json last (its presence marks a complete folder)
             self.policy.save(tmp)
@@ -752,12 +752,7 @@ class LMTrainer(RunLoop):
             if isinstance(exc, OSError) and not isinstance(exc, RunDirError):
                 raise write_error(exc.filename or tmp, exc) from exc
             raise
-        # the swap; a crash between the two renames leaves only checkpoint.old, which load_checkpoint restores
-        if os.path.exists(path):
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)  # a crash between its two renames leaves only checkpoint.old, which load_checkpoint restores
 
     def load_checkpoint(self) -> bool:
         """Restore a checkpoint written by :meth:`save_checkpoint`; False when there is none.

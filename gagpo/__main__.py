@@ -76,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_cr.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     p_cr.add_argument("--group-size", type=int, default=None,
                       help="replace the profile's group size G, keeping the episodes per iteration (tasks = episodes / G)")
+    from .credit import VARIANTS  # numpy only: no torch, no matplotlib
+
+    p_cr.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                      help="run these named rows instead of the algorithms, on the same profile, seeds and budget, and write "
+                           "figures/credit_<env>[_quick]_variants.{csv,md} and its figures (the report says what each changes "
+                           "against its estimator's row). The variants: " + "; ".join(
+                               f"{name} = {algo} with " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in over.items())
+                               for name, (algo, over) in VARIANTS.items())
+                           + ". reinforce-vanilla is chapter 2's vanilla REINFORCE (one plain gradient step per batch: the PPO "
+                             "clip never acts; the reinforce row's step_mean baseline), reinforce-vanilla-no-baseline the same "
+                             "without a baseline. The committed rows (figures/credit_keydoor_variants.*): python -m gagpo bench "
+                             "credit --variants " + " ".join(VARIANTS) + " --workers 1")
     _common_bench_args(p_cr)
     p_ab = bsub.add_parser("ablations", help="GAGPO ablations: lambda, gamma, group size, normalisation, anchor matching",
                            description="GAGPO on the KeyDoor profile with one setting changed at a time (5 seeds; --quick: 2 seeds, "
@@ -305,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for env in (ENVS if args.env == "all" else (args.env,)):
             credit(env, quick=args.quick, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
-                   figures_dir=args.figures_dir, report_only=args.report_only, group_size=args.group_size,
+                   figures_dir=args.figures_dir, report_only=args.report_only, group_size=args.group_size, variants=args.variants,
                    command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0
     if args.command == "bench" and args.bench == "ablations":

@@ -1,6 +1,7 @@
 r"""The credit-assignment benchmark: every estimator, the same budget, many seeds, honest statistics.
 
-This module defines the benchmark — its profiles (:data:`PROFILES`), its ablations (:data:`ABLATIONS`)
+This module defines the benchmark — its profiles (:data:`PROFILES`), its ablations (:data:`ABLATIONS`),
+its named variant rows (:data:`VARIANTS`: chapter 2's vanilla REINFORCE, ``bench credit --variants``)
 and its entry points :func:`credit` (``python -m gagpo bench credit``), :func:`ablations`
 (``bench ablations``) and :func:`iteration_time` (``bench iteration``). The machinery lives in three
 modules, each usable on its own (chapter 7 walks through them):
@@ -89,11 +90,49 @@ def _profile_name(prof: Profile, custom: bool, quick: bool) -> str:
     return f"profile {prof.name!r}" if custom else f"{'quick' if quick else 'full'} profile"
 
 
+# ====================================================================== named variant rows
+#: Chapter 2's vanilla REINFORCE as :class:`~gagpo.config.TrainConfig` settings (chapter 2 §5,
+#: ``reinforce_config``): one plain gradient step per batch (``update_epochs=1``, ``minibatches=1``: the
+#: step is taken where every ratio is 1, so the PPO clip never acts and the gradient is the policy
+#: gradient), no entropy bonus, no gradient-norm clipping, and chapter 2's learning rate. Everything
+#: else (policy, γ, the optimiser) is the trainer's default, as in chapter 2; the benchmark's ``reinforce``
+#: row differs from it in exactly these fields.
+VANILLA_REINFORCE: dict[str, Any] = {"update_epochs": 1, "minibatches": 1, "entropy_coef": 0.0, "max_grad_norm": 0.0, "lr": 3e-3}
+
+#: Named rows of the head-to-head that are one of its estimators with some TrainConfig fields changed:
+#: ``name -> (estimator, overrides)``. ``bench credit --variants NAME ...`` runs them on the same profile,
+#: seeds and budget as the algorithms (runs ``<root>/<profile>/<name>-seed<k>``) and writes
+#: ``credit_<env>[_quick]_variants.*``, to be read next to ``credit_<env>[_quick].*``.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # chapter 2's update with the baseline of the `reinforce` row (step_mean): only the update differs
+    "reinforce-vanilla": ("reinforce", dict(VANILLA_REINFORCE)),
+    # chapter 2's update without a baseline: the unbiased estimator (chapter 2 §3 measured step_mean's shrinkage)
+    "reinforce-vanilla-no-baseline": ("reinforce", {**VANILLA_REINFORCE, "reinforce_baseline": "none"}),
+}
+
+
+def variant_changes(prof: Profile, name: str) -> dict[str, tuple[Any, Any]]:
+    """What variant ``name`` (:data:`VARIANTS`) changes in ``prof``'s configuration of its estimator:
+    ``field -> (the estimator's row, the variant)``, read from the two :class:`TrainConfig` (the run
+    directory aside)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; expected one of {list(VARIANTS)}")
+    algo, over = VARIANTS[name]
+    base, var = prof.config(algo, prof.seeds[0]).to_dict(), prof.config(algo, prof.seeds[0], name=name, **over).to_dict()
+    return {k: (base[k], var[k]) for k in var if k != "out_dir" and var[k] != base[k]}
+
+
+def one_gradient_step(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s update is one gradient step per batch (``update_epochs × minibatches = 1``):
+    the step is taken at the policy that collected the batch, every ratio is 1 and the clip never acts."""
+    return cfg.update_epochs * cfg.minibatches == 1
+
+
 # ====================================================================== the head-to-head
 def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: Sequence[int] | None = None,
            algos: Sequence[str] | None = None, root: str = "runs/credit", figures_dir: str | None = None,
            progress: bool = True, command: str | None = None, profile: Profile | None = None,
-           report_only: bool = False, group_size: int | None = None) -> dict[str, Any]:
+           report_only: bool = False, group_size: int | None = None, variants: Sequence[str] | None = None) -> dict[str, Any]:
     """The head-to-head benchmark on one environment: train (or load) every run of the profile,
     write ``credit_<env>[_quick].{csv,md}`` and the figures ``credit_<env>[_quick]_curves``,
     ``_steps_to_80`` and ``_smoothness``, print the table and return the summary.
@@ -106,16 +145,29 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
     tiny one); its ``name`` is then the run-directory name. ``report_only=True`` trains nothing and
     reports the runs finished so far (the table says how many). ``group_size=G`` replaces the
     profile's group size at the same number of episodes per iteration (``tasks_per_iter`` scaled to
-    match; runs named ``<algo>-group_size<G>``, outputs ``credit_<env>[_quick]_G<G>.*``)."""
+    match; runs named ``<algo>-group_size<G>``, outputs ``credit_<env>[_quick]_G<G>.*``).
+    ``variants`` (names of :data:`VARIANTS`, instead of ``algos``) runs those rows instead of the
+    algorithms — same profile, seeds and budget, runs named ``<variant>-seed<k>`` — and writes
+    ``credit_<env>[_quick]_variants.*``, whose report says what each variant changes."""
     prof = profile or get_profile(env, quick)
     figures_dir = report_dir(figures_dir, quick, os.path.join(root, prof.name))
     if not prof.label:
         prof = dataclasses.replace(prof, label=prof.name)
     seeds = tuple(prof.seeds if seeds is None else seeds)
-    algos = tuple(prof.algos if algos is None else algos)
-    for a in algos:
-        if a not in estimator_names():
-            raise ValueError(f"unknown algo {a!r}; expected one of {list(estimator_names())}")
+    if variants:
+        if algos is not None:
+            raise ValueError("pass algos or variants, not both")
+        for v in variants:
+            if v not in VARIANTS:
+                raise ValueError(f"unknown variant {v!r}; expected one of {list(VARIANTS)}")
+        changes = {v: variant_changes(prof, v) for v in variants}  # against the profile before a group-size override
+        specs = [(v, *VARIANTS[v]) for v in variants]  # (row name, estimator, overrides)
+    else:
+        algos = tuple(prof.algos if algos is None else algos)
+        for a in algos:
+            if a not in estimator_names():
+                raise ValueError(f"unknown algo {a!r}; expected one of {list(estimator_names())}")
+        specs = [(a, a, {}) for a in algos]
     over: dict[str, Any] = {}
     if group_size and group_size != prof.group_size:
         episodes = prof.tasks_per_iter * prof.group_size
@@ -125,23 +177,31 @@ def credit(env: str = "keydoor", quick: bool = False, workers: int = 2, seeds: S
         prof = dataclasses.replace(prof, label=f"{prof.label}, G={group_size}", tasks_per_iter=episodes // group_size,
                                    group_size=group_size)
     name = (lambda a: f"{a}-group_size{group_size}") if over else (lambda a: a)
-    configs = [prof.config(a, s, root, name=name(a), **over) for s in seeds for a in algos]  # seed-major: partial results stay balanced
+    # seed-major: partial results stay balanced
+    plan = [(row, prof.config(algo, s, root, name=name(row), **{**row_over, **over})) for s in seeds for row, algo, row_over in specs]
+    configs = [c for _, c in plan]
     t0 = time.time()
     histories = run_configs(configs, workers, desc=f"credit {prof.name}", progress=progress, train=not report_only)
     elapsed = time.time() - t0
     n_planned = len(configs)
-    configs, histories = finished_only(configs, histories)
-    algos = tuple(a for a in algos if any(c.algo == a for c in configs))
+    finished_only(configs, histories)  # raises when no run has finished
+    done = [(row, c, h) for (row, c), h in zip(plan, histories) if h is not None]
+    configs = [c for _, c, _ in done]
+    names = tuple(row for row, _, _ in specs if any(r == row for r, _, _ in done))
     seeds = tuple(s for s in seeds if any(c.seed == s for c in configs))
-    rows = tidy_rows([dict(env=env, profile=prof.name, algo=c.algo, seed=c.seed) for c in configs], histories)
-    stem = f"credit_{env}" + ("_quick" if quick else "") + (f"_G{group_size}" if over else "")
+    rows = tidy_rows([dict(env=env, profile=prof.name, algo=row, seed=c.seed) for row, c, _ in done], [h for _, _, h in done])
+    stem = f"credit_{env}" + ("_quick" if quick else "") + (f"_G{group_size}" if over else "") + ("_variants" if variants else "")
     write_csv(rows, os.path.join(figures_dir, stem + ".csv"), float_format=CSV_FLOAT)
-    runs = {a: [h for c, h in zip(configs, histories) if c.algo == a] for a in algos}
+    runs = {n: [h for row, _, h in done if row == n] for n in names}
     summary = summarise(runs)
     paths = credit_figures(runs, summary, prof.label, stem, figures_dir)
-    command = command or f"python -m gagpo bench credit --env {env}{' --quick' if quick else ''}{f' --group-size {group_size}' if over else ''}"
+    command = command or (f"python -m gagpo bench credit --env {env}{' --quick' if quick else ''}"
+                          f"{f' --group-size {group_size}' if over else ''}{' --variants ' + ' '.join(variants) if variants else ''}")
     text = credit_markdown(prof, _profile_name(prof, profile is not None, quick), seeds, summary, len(configs), n_planned,
-                         produced_by(command, configs, elapsed, workers))
+                         produced_by(command, configs, elapsed, workers),
+                         variants={v: (VARIANTS[v][0], changes[v]) for v in names} if variants else None,
+                         reference=f"credit_{env}" + ("_quick" if quick else "") + (f"_G{group_size}" if over else ""),
+                         one_step=[n for n in names if one_gradient_step(next(c for row, c, _ in done if row == n))] if variants else ())
     write_report(text, os.path.join(figures_dir, stem + ".md"))
     print("\nfigures: " + ", ".join(paths))
     # a custom profile (the chapter's live run, a test) is not the committed one: nothing to compare with
@@ -327,4 +387,6 @@ __all__ = [
     # the benchmark
     "PROFILES", "ENVS", "get_profile", "credit", "ABLATIONS", "ABLATION_DEFAULTS", "ABLATION_PROFILES", "ablation_defaults",
     "ablation_variants", "ablations", "iteration_time",
+    # named variant rows: chapter 2's vanilla REINFORCE
+    "VANILLA_REINFORCE", "VARIANTS", "variant_changes", "one_gradient_step",
 ]

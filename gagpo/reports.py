@@ -3,7 +3,7 @@
 * Tidy tables: :func:`tidy_rows` (one row per run × iteration, :data:`CSV_COLUMNS`) and
   :func:`histories_by` (the reverse: a CSV read back into histories).
 * Tables and sentences: :func:`credit_table`, :func:`target_verdict`, :func:`ablation_table`,
-  :func:`ablation_reading`, the whole reports :func:`credit_markdown` and :func:`ablation_markdown`, and
+  :func:`ablation_reading`, :func:`variant_lines` and :func:`one_step_kl_note` (a report of variant rows), the whole reports :func:`credit_markdown` and :func:`ablation_markdown`, and
   :func:`cost_text` (what producing a report cost, measured on this machine). Every number in the prose
   comes from the runs, their configurations or the machine; none is written in by hand.
 * Figures through :mod:`gagpo.plotting`: :func:`plot_curves`, :func:`plot_steps_to`,
@@ -224,16 +224,49 @@ def ablation_reading(name: str, summary: Mapping[str, Mapping[str, Any]]) -> str
 
 
 # ====================================================================== whole reports
+def _setting(value: Any) -> str:
+    return f"`{value!r}`" if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def variant_lines(variants: Mapping[str, tuple[str, Mapping[str, tuple[Any, Any]]]]) -> list[str]:
+    """One line per variant row: its estimator and every TrainConfig field it changes, with the value
+    of the estimator's own row (``variants``: name -> (estimator, field -> (row value, variant value)),
+    :func:`gagpo.credit.variant_changes`)."""
+    return [f"- `{name}`: the `{algo}` estimator with " + ", ".join(
+        f"`{k}` {_setting(new)} (the `{algo}` row: {_setting(old)})" for k, (old, new) in changes.items())
+        for name, (algo, changes) in variants.items()]
+
+
+def one_step_kl_note(names: Sequence[str]) -> list[str]:
+    """The caveat of the KL column for rows that take one gradient step per batch (``names``; none: no
+    caveat): ``approx_kl`` is measured by the loss, before each step, so it is 0 by construction there."""
+    if not names:
+        return []
+    rows = ", ".join(f"`{n}`" for n in names)
+    return [f"{rows}: one gradient step per batch (`update_epochs` × `minibatches` = 1). `approx_kl` is measured by the "
+            "loss before each step, so with a single step, taken at the policy that collected the batch, it is 0 by "
+            "construction: the std approx_kl column cannot compare these rows with the others (the mean |Δ held-out "
+            "success| column can)."]
+
+
 def credit_markdown(prof: Profile, which: str, seeds: Sequence[int], summary: Mapping[str, Mapping[str, Any]],
-                  finished: int, planned: int, produced: str) -> str:
+                  finished: int, planned: int, produced: str,
+                  variants: Mapping[str, tuple[str, Mapping[str, tuple[Any, Any]]]] | None = None, reference: str = "",
+                  one_step: Sequence[str] = ()) -> str:
     """The head-to-head's Markdown report: the setting (read from ``prof``, the profile every run was
     configured from), :func:`credit_table`, the target checked at every threshold (the highest first)
-    and ``produced`` (:func:`produced_by`). ``which`` names the profile in the heading."""
+    and ``produced`` (:func:`produced_by`). ``which`` names the profile in the heading.
+
+    With ``variants`` (the rows are named variants, see :func:`variant_lines`) the report is that of
+    the variant rows: the target check, which concerns the algorithms, gives way to what each variant
+    changes, a pointer to the algorithms' report ``figures/<reference>.md`` on the same profile and
+    :func:`one_step_kl_note` for the rows ``one_step``."""
     first, *others = sorted(THRESHOLDS, reverse=True)
     lines = [
-        f"# Credit assignment head-to-head — {prof.label}, {which}",
+        f"# Credit assignment head-to-head{', variant rows' if variants else ''} — {prof.label}, {which}",
         "",
-        f"Same budget for every algorithm: {prof.env_step_budget:,} env steps per run, {prof.tasks_per_iter} tasks × group size "
+        f"Same budget for every {'row' if variants else 'algorithm'}: {prof.env_step_budget:,} env steps per run, "
+        f"{prof.tasks_per_iter} tasks × group size "
         f"{prof.group_size} per iteration, seeds {list(seeds)}; held-out success = greedy policy on {prof.eval_episodes} held-out "
         f"tasks every {prof.eval_every} iterations. Cells: median over seeds [bootstrap {_CI} interval]; \"final\" = mean of the "
         f"last {FINAL_EVALS} evaluations; \"not reached\" = threshold never hit within the budget (counted as infinitely many steps).",
@@ -241,6 +274,15 @@ def credit_markdown(prof: Profile, which: str, seeds: Sequence[int], summary: Ma
         *_partial(finished, planned),
         credit_table(summary),
         "",
+    ]
+    if variants:
+        lines += ["Each row is an estimator of the head-to-head with some settings changed (read from the runs' configuration):",
+                  *variant_lines(variants), "",
+                  f"Every other setting, the profile, the seeds and the budget are those of the algorithms' rows in "
+                  f"`figures/{reference}.md`, so the two tables can be read side by side."]
+        lines += ["", *one_step_kl_note(one_step)] if one_step else []
+        return "\n".join([*lines, "", produced])
+    lines += [
         f"Target (GAGPO reaches {_pct(first)}% in ≤ {TARGET_RATIO}× GRPO's env steps and no more than GiGPO's):",
         *target_verdict(summary, threshold_key(first)),
     ]
@@ -454,6 +496,6 @@ def iteration_time_markdown(rows: Sequence[Mapping[str, Any]], label: str, itera
 __all__ = [
     "CSV_FLOAT", "CSV_COLUMNS", "TARGET_RATIO", "tidy_rows", "histories_by", "report_dir", "compare_with_committed", "write_report",
     "cost_text", "produced_by", "credit_table", "ablation_table", "target_verdict", "ablation_reading", "credit_markdown",
-    "ablation_markdown", "plot_curves", "plot_steps_to", "plot_smoothness", "credit_figures", "ablation_figure",
+    "variant_lines", "one_step_kl_note", "ablation_markdown", "plot_curves", "plot_steps_to", "plot_smoothness", "credit_figures", "ablation_figure",
     "iteration_time_figure", "iteration_time_markdown",
 ]

@@ -266,3 +266,118 @@ def test_the_committed_reports_are_rebuilt_from_their_csv_and_profile():
         sections += [f"## {abl}", "", C.ablation_table(summary), "", C.ablation_reading(abl, summary), ""]
     text = ablation_markdown(prof, "quick profile", list(prof.seeds), prof.config("gagpo", 0), sections, 1, 1, "Produced by ...")
     assert _without_cost(text) == _without_cost(open(os.path.join(FIGURES_DIR, "ablation_keydoor_quick.md"), encoding="utf-8").read())
+
+
+# ====================================================================== named variant rows: chapter 2's vanilla REINFORCE (issue 14)
+#: What Profile.config sets from the benchmark's profile (the task, budget, evaluation and run bookkeeping):
+#: the only fields in which a benchmark row may differ from chapter 2's training runs.
+PROFILE_FIELDS = {"env", "env_kwargs", "max_steps", "seed", "env_step_budget", "tasks_per_iter", "group_size", "eval_every",
+                  "eval_episodes", "progress", "resume", "checkpoint_every", "iterations", "out_dir"}
+
+
+def _chapter2_reinforce_config():
+    """Chapter 2's ``reinforce_config(baseline, seed)`` and the baselines it trains, read from the notebook's code cells
+    (the function definition executed with the chapter's own ``GAMMA``), not copied from it."""
+    import ast
+    import tempfile
+
+    import nbformat
+
+    from gagpo.config import TrainConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    nb = nbformat.read(os.path.join(root, "chapters", "02_reinforce.ipynb"), as_version=4)
+    constants, func = {}, None
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.parse("\n".join(line for line in cell.source.splitlines() if not line.startswith(("%", "!")))).body:
+            if isinstance(node, ast.Assign) and isinstance(node.targets[0], (ast.Name, ast.Tuple)):
+                names = [t.id for t in getattr(node.targets[0], "elts", [node.targets[0]]) if isinstance(t, ast.Name)]
+                try:
+                    values = ast.literal_eval(node.value)
+                except ValueError:
+                    continue
+                constants.update(zip(names, values) if len(names) > 1 else [(names[0], values)])
+            elif isinstance(node, ast.FunctionDef) and node.name == "reinforce_config":
+                func = node
+    assert func is not None, "chapter 2 no longer defines reinforce_config"
+    namespace = {"TrainConfig": TrainConfig, "tempfile": tempfile, "GAMMA": constants["GAMMA"]}
+    exec(compile(ast.Module(body=[func], type_ignores=[]), "chapter 2", "exec"), namespace)
+    return namespace["reinforce_config"], constants["TRAIN_BASELINES"]
+
+
+def _differing(a, b) -> set[str]:
+    da, db = a.to_dict(), b.to_dict()
+    return {k for k in da if da[k] != db[k]}
+
+
+def test_the_vanilla_variants_are_chapter_2s_reinforce():
+    """Each vanilla row is chapter 2's REINFORCE run (one of the baselines chapter 2 trains) placed in the benchmark's
+    profile: it differs from chapter 2's configuration only in the profile's fields; and it differs from the
+    benchmark's `reinforce` row exactly in chapter 2's update settings (and the baseline, for the no-baseline row)."""
+    reinforce_config, chapter_baselines = _chapter2_reinforce_config()
+    prof = C.get_profile("keydoor", quick=False)
+    update = {"update_epochs", "minibatches", "entropy_coef", "max_grad_norm", "lr"}
+    for name, baseline in (("reinforce-vanilla", "step_mean"), ("reinforce-vanilla-no-baseline", "none")):
+        algo, over = C.VARIANTS[name]
+        row = prof.config(algo, 0, name=name, **over)
+        assert baseline in chapter_baselines
+        chapter = reinforce_config(baseline, 0)
+        assert _differing(row, chapter) <= PROFILE_FIELDS, (name, _differing(row, chapter) - PROFILE_FIELDS)
+        assert row.reinforce_baseline == baseline and C.one_gradient_step(row) and row.entropy_coef == 0 and row.max_grad_norm == 0
+        changed = set(C.variant_changes(prof, name))
+        assert changed == (update if baseline == "step_mean" else update | {"reinforce_baseline"}), (name, changed)
+        assert row.out_dir != prof.config(algo, 0).out_dir  # its own runs, never the reinforce row's
+    # the benchmark's reinforce row is not chapter 2's: several steps per batch, an entropy bonus, gradient clipping
+    reinforce = prof.config("reinforce", 0)
+    assert not C.one_gradient_step(reinforce) and reinforce.entropy_coef > 0 and reinforce.max_grad_norm > 0
+    with pytest.raises(ValueError, match="unknown variant"):
+        C.variant_changes(prof, "reinforce-fancy")
+
+
+def test_cli_runs_named_variants(capsys, monkeypatch):
+    parser = build_parser()
+    args = parser.parse_args(["bench", "credit", "--variants", *C.VARIANTS, "--workers", "1"])
+    assert args.variants == list(C.VARIANTS) and args.algos is None and args.workers == 1
+    assert parser.parse_args(["bench", "credit"]).variants is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "credit", "--variants", "reinforce-fancy"])
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping inside names
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "credit", "--help"])
+    text = capsys.readouterr().out
+    for name, (algo, over) in C.VARIANTS.items():  # --help lists every variant and what it changes, read from VARIANTS
+        assert f"{name} = {algo} with " in text
+        for k, v in over.items():
+            assert f"{k}={v:g}" in text if isinstance(v, float) else f"{k}={v}" in text
+    assert "figures/credit_keydoor_variants" in text and "--variants " + " ".join(C.VARIANTS) + " --workers 1" in text
+
+
+def test_vanilla_reinforce_runs_end_to_end_on_a_tiny_budget(tmp_path):
+    tiny = dataclasses.replace(TINY, seeds=(0,), env_step_budget=400)
+    root, figs = str(tmp_path / "runs"), str(tmp_path / "figs")
+    out = C.credit("opengrid", profile=tiny, root=root, figures_dir=figs, workers=1, progress=False, variants=list(C.VARIANTS))
+    assert sorted(os.listdir(figs)) == sorted(f"credit_opengrid_variants{s}" for s in (".csv", ".md", "_curves.png",
+                                                                                        "_smoothness.png", "_steps_to_80.png"))
+    assert {(r["algo"], r["seed"]) for r in out["rows"]} == {(v, 0) for v in C.VARIANTS}
+    for name, (algo, over) in C.VARIANTS.items():
+        run = os.path.join(root, "tiny", f"{name}-seed0")
+        cfg = json.load(open(os.path.join(run, "config.json")))
+        assert cfg["algo"] == algo and all(cfg[k] == v for k, v in over.items())
+        hist = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+        assert hist[-1]["env_steps"] >= tiny.env_step_budget
+        # one gradient step at the sampling policy: every ratio is 1, the clip never acts, the k3 KL is 0
+        assert all(abs(r["ratio_mean"] - 1) < 1e-6 and r["clip_fraction"] == 0 and abs(r["approx_kl"]) < 1e-6 for r in hist)
+    text = out["table"]
+    assert "variant rows" in text and "Same budget for every row" in text and "Target" not in text
+    assert "- `reinforce-vanilla`: the `reinforce` estimator with" in text and "`update_epochs` 1 (the `reinforce` row: 4)" in text
+    assert "`reinforce_baseline` `'none'` (the `reinforce` row: `'step_mean'`)" in text
+    assert "`figures/credit_opengrid.md`" in text and "0 by construction" in text
+    assert "--variants reinforce-vanilla reinforce-vanilla-no-baseline" in text
+    with pytest.raises(ValueError, match="not both"):
+        C.credit("opengrid", profile=tiny, root=root, figures_dir=figs, workers=1, progress=False, algos=["grpo"],
+                 variants=["reinforce-vanilla"])
+    with pytest.raises(ValueError, match="unknown variant"):
+        C.credit("opengrid", profile=tiny, root=root, figures_dir=figs, workers=1, progress=False, variants=["reinforce-fancy"])

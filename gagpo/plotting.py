@@ -159,3 +159,70 @@ def metric_curves(
     if ax.get_lines():
         ax.legend(fontsize="small")
     return ax
+
+
+def text_features(view, top: int = 12, axes=None):
+    """Three panels of what a text policy sees of one observation (``view``: a
+    :class:`gagpo.policies.TextFeatures`, from :func:`gagpo.policies.text_features`): the hashed bag of
+    n-grams (occurrences per bucket, the ``top`` features with the largest effect on any command's score
+    marked), those features' effects on each command's score (leave-one-out, a heat map with the values), and
+    each command's score split into its observation-dependent part and its bias, with the probability it gets.
+    ``axes``: three axes to draw on (a new figure otherwise). Returns the figure."""
+    plt = use_style()
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1.2, 1.0, 0.8]})
+    ax_bag, ax_eff, ax_score = axes
+    fig = ax_bag.figure
+    effects = view.effects.double().numpy()
+    top = min(top, len(view.grams))
+    order = np.argsort(-np.abs(effects).max(axis=1), kind="stable")[:top]
+    labels = [f"{_gram_label(view.grams[g])} → {view.buckets[g]}" for g in order]
+
+    # the bag: occurrences per bucket (a bucket's count sums its features)
+    per_bucket: dict[int, int] = {}
+    for b, c in zip(view.buckets, view.counts):
+        per_bucket[b] = per_bucket.get(b, 0) + c
+    xs = sorted(per_bucket)
+    ax_bag.vlines(xs, 0, [per_bucket[b] for b in xs], color="0.6", linewidth=1)
+    marked = [view.buckets[g] for g in order]
+    ax_bag.vlines(marked, 0, [per_bucket[b] for b in marked], color="C3", linewidth=2, label=f"the {top} features on the right")
+    ax_bag.set_xlim(0, view.n_features)
+    ax_bag.set_ylim(0, max(per_bucket.values()) + 0.8)
+    ax_bag.set_xlabel(f"bucket (stable hash mod {view.n_features})")
+    ax_bag.set_ylabel("occurrences in the bag x(o)")
+    ax_bag.set_title(f"{sum(view.counts)} feature occurrences, {len(view.grams)} distinct features,\n"
+                     f"in {len(per_bucket)} of {view.n_features} buckets", fontsize=10)
+    ax_bag.legend(loc="upper right", fontsize="small")
+
+    # the effects of the top features on each command's score
+    shown = effects[order]
+    limit = float(np.abs(shown).max()) or 1.0
+    ax_eff.imshow(shown, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    ax_eff.set_xticks(range(len(view.commands)), view.commands)
+    ax_eff.set_yticks(range(top), labels, fontsize=8)
+    ax_eff.grid(False)
+    for (i, j), value in np.ndenumerate(shown):
+        ax_eff.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7)
+    ax_eff.set_title("change of each score when the feature is left out\nf(o, a) − f(o without it, a)", fontsize=10)
+
+    # the scores: interaction + bias, and the probabilities
+    inter, bias = view.interaction.double().numpy(), view.bias.double().numpy()
+    y = np.arange(len(view.commands))
+    ax_score.barh(y, inter, color="C0", label="⟨h(o), E x(a)⟩ (depends on o)")
+    ax_score.barh(y, bias, left=inter, color="C1", label="w · x(a) (bias)")
+    ax_score.axvline(0, color="k", linewidth=0.8)
+    for i, (s, p) in enumerate(zip(view.scores.double().numpy(), view.probs.double().numpy())):
+        ax_score.text(max(s, 0.0), i, f"  f = {s:+.2f}\n  π = {p:.2f}", va="center", fontsize=8)
+    ax_score.set_yticks(y, view.commands)
+    ax_score.invert_yaxis()
+    ax_score.set_xlabel("score f(o, a)")
+    ax_score.set_xlim(right=max(float(np.max(view.scores.double().numpy())), 0.0) * 1.5 + 0.5)
+    ax_score.set_title("scores of the admissible commands, f = ⟨h(o), E x(a)⟩ + w · x(a)", fontsize=10)
+    ax_score.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    return fig
+
+
+def _gram_label(gram: str) -> str:
+    """``"1:north"`` -> ``north``; ``"2:go north"`` -> ``"go north"``; ``"p:goal|north"`` -> ``goal|north``."""
+    kind, text = gram.split(":", 1)
+    return f'"{text}"' if kind.isdigit() and int(kind) > 1 else text

@@ -41,6 +41,7 @@ import hashlib
 import re
 from array import array
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import accumulate, chain
 
 import torch
@@ -56,6 +57,8 @@ __all__ = [
     "BagOfNgramsEncoder",
     "TabularSoftmaxPolicy",
     "TextPolicy",
+    "TextFeatures",
+    "text_features",
     "TabularValue",
     "TextValue",
     "make_policy",
@@ -64,6 +67,7 @@ __all__ = [
     "greedy_actions",
     "action_log_probs",
     "entropy",
+    "kl_divergence",
 ]
 
 POLICY_KINDS = ("tabular", "text")
@@ -128,6 +132,25 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 
+def kl_divergence(logits: torch.Tensor, logits_ref: torch.Tensor) -> torch.Tensor:
+    """Exact ``KL_i = sum_a p_ia (log p_ia - log q_ia)``, ``p = softmax(logits_i)``, ``q = softmax(logits_ref_i)``,
+    over the valid actions of each row, shape ``(N,)``: ``KL(pi(.|s_i) || pi_ref(.|s_i))`` of two policies
+    on the same observations and admissible lists.
+
+    Both tensors are ``(N, A_max)`` with ``-inf`` on the same padded entries, which contribute 0 (as in
+    :func:`entropy`, never ``0 * -inf = nan``). ``KL_i >= 0``, and 0 exactly when the two rows give the
+    same distribution.
+    """
+    if logits.shape != logits_ref.shape:
+        raise ValueError(f"logits_ref has shape {tuple(logits_ref.shape)}; expected {tuple(logits.shape)} like logits")
+    if not bool(torch.equal(torch.isneginf(logits), torch.isneginf(logits_ref))):
+        raise ValueError("logits and logits_ref must be padded (-inf) at the same entries")
+    pad = torch.isneginf(logits)
+    log_p = torch.log_softmax(logits, dim=-1).masked_fill(pad, 0.0)
+    log_q = torch.log_softmax(logits_ref, dim=-1).masked_fill(pad, 0.0)
+    return (log_p.exp().masked_fill(pad, 0.0) * (log_p - log_q)).sum(dim=-1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Text to integer ids.
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +205,10 @@ class HashedNgramFeaturiser:
         """The feature ids of ``text`` as an int64 ``array`` (cached); empty without letters or digits."""
         return _cached(self._ids, text, self._compute_ids)
 
-    def _compute_ids(self, text: str) -> array:
+    def grams(self, text: str) -> list[str]:
+        """The features of ``text`` before hashing, in the order of :meth:`ids` (one per occurrence):
+        ``"1:north"`` (a word), ``"2:go north"`` (an n-gram, ``n`` words), ``"p:goal|north"`` (a same-sentence
+        pair, with ``sentence_pairs``). Feature ``k`` of the bag is ``stable_hash(grams[k]) % n_features``."""
         tokens = tokenize(text)
         grams = [
             f"{n}:{' '.join(tokens[i : i + n])}"
@@ -193,7 +219,10 @@ class HashedNgramFeaturiser:
             for sentence in _SENTENCE.split(text.lower()):
                 words = sorted(set(tokenize(sentence)))
                 grams += [f"p:{a}|{b}" for i, a in enumerate(words) for b in words[i + 1 :]]
-        return array("q", [stable_hash(g) % self.n_features for g in grams])
+        return grams
+
+    def _compute_ids(self, text: str) -> array:
+        return array("q", [stable_hash(g) % self.n_features for g in self.grams(text)])
 
     def bags(self, texts: Sequence[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, offsets)`` for ``nn.EmbeddingBag``: the concatenated ids and each bag's start."""
@@ -377,9 +406,13 @@ class BagOfNgramsEncoder(nn.Module):
         _check_texts(observations)
         distinct, inverse = _unique(observations)
         device = self.bias.device
-        ids, offsets = self.featuriser.bags(distinct, device)
-        h = self.out(torch.tanh(self.bag(ids, offsets) + self.bias))
+        h = self.encode(*self.featuriser.bags(distinct, device))
         return h[torch.tensor(inverse, dtype=torch.long, device=device)]
+
+    def encode(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``h = W2 tanh(W1 x + b1) + b2`` of bags given as feature ids (``nn.EmbeddingBag``'s ``ids, offsets``:
+        :meth:`HashedNgramFeaturiser.bags`, or any bags of ids, e.g. an observation's with some features left out)."""
+        return self.out(torch.tanh(self.bag(ids, offsets) + self.bias))
 
 
 class TextPolicy(nn.Module):
@@ -434,6 +467,69 @@ class TextPolicy(nn.Module):
         return _scatter_logits(scores, rows, cols, len(observations), a_max)
 
     forward = logits
+
+
+@dataclass(frozen=True)
+class TextFeatures:
+    """What a :class:`TextPolicy` sees of one observation and how it scores the commands
+    (:func:`text_features`). ``G`` distinct features, ``A`` commands."""
+
+    observation: str
+    commands: list[str]
+    grams: list[str]  #: the distinct features, first-seen order: "1:word", "2:two words", "p:word|word"
+    counts: list[int]  #: (G,) occurrences of each in the observation's bag
+    buckets: list[int]  #: (G,) each one's bucket, stable_hash(gram) % n_features
+    n_features: int  #: the number of buckets
+    interaction: torch.Tensor  #: (A,) <h(obs), E x(a)>
+    bias: torch.Tensor  #: (A,) w . x(a)
+    scores: torch.Tensor  #: (A,) f(obs, a) = interaction + bias: the logits
+    probs: torch.Tensor  #: (A,) softmax of the scores: pi(a | obs)
+    effects: torch.Tensor  #: (G, A) f(obs, a) - f(obs without feature g, a)
+
+
+def text_features(policy: TextPolicy, observation: str, commands: Sequence[str]) -> TextFeatures:
+    r"""The features of ``observation`` as ``policy`` sees them, and what each does to the scores of ``commands``.
+
+    The observation's bag holds one id per feature occurrence, :math:`x(o) = \sum_k e_{b(g_k)}` with
+    the bucket :math:`b(g) = \text{stable\_hash}(g) \bmod n` (:meth:`HashedNgramFeaturiser.grams`); the commands are scored
+    as in :meth:`TextPolicy.logits`,
+
+    .. math::
+        f(o, a) = \underbrace{\langle h(o), E\, x(a) \rangle}_{\text{interaction}} + \underbrace{w \cdot x(a)}_{\text{bias}},
+        \qquad \pi(a \mid o) = \operatorname{softmax}_a f(o, a).
+
+    Since :math:`h` is not linear in :math:`x(o)` (a tanh layer), a feature's share of a score is measured by
+    leaving it out: ``effects[g, a]`` :math:`= f(o, a) - f(o_{-g}, a)`, where :math:`o_{-g}` is the bag without every
+    occurrence of the feature :math:`g` (features that share its bucket stay). The bias does not depend on the
+    observation, so it cancels in the effects. Computed without gradient.
+    """
+    if not isinstance(policy, TextPolicy):
+        raise TypeError(f"text_features needs a TextPolicy; got {type(policy).__name__}")
+    commands = list(commands)
+    featuriser = policy.featuriser
+    occurrences = featuriser.grams(observation)
+    grams, inverse = _unique(occurrences)
+    ids = list(featuriser.ids(observation))
+    device = policy.encoder.bias.device
+    with torch.no_grad():
+        logits = policy.logits([observation], [commands])[0]
+        a_ids, a_offsets = featuriser.bags(commands, device)
+        e_action = policy.action_embedding(a_ids, a_offsets)  # (A, hidden)
+        bias = policy.action_bias(a_ids, a_offsets).squeeze(-1)  # (A,)
+        # bag 0: the whole observation; bag 1 + g: without feature g
+        bags = [ids] + [[i for i, j in zip(ids, inverse) if j != g] for g in range(len(grams))]
+        flat = torch.tensor([i for bag in bags for i in bag], dtype=torch.long, device=device)
+        offsets = torch.tensor([0, *accumulate(len(b) for b in bags[:-1])], dtype=torch.long, device=device)
+        h = policy.encoder.encode(flat, offsets)  # (1 + G, hidden)
+        interaction_all = h @ e_action.T  # (1 + G, A)
+    interaction = interaction_all[0]
+    return TextFeatures(
+        observation=observation, commands=commands, grams=grams,
+        counts=[inverse.count(g) for g in range(len(grams))],
+        buckets=[stable_hash(g) % featuriser.n_features for g in grams], n_features=featuriser.n_features,
+        interaction=interaction, bias=bias, scores=logits, probs=torch.softmax(logits, -1),
+        effects=interaction - interaction_all[1:],
+    )
 
 
 class TextValue(nn.Module):

@@ -4,6 +4,8 @@ The algorithms differ only in :func:`rollout_advantages`; the rollout, the clipp
 (:func:`gagpo.losses.ppo_clip_loss`), evaluation, logging and checkpoints are shared. With one
 update epoch and one minibatch the clipped surrogate's gradient equals the plain policy gradient
 (the ratio is 1 at the first step), so ``reinforce`` is REINFORCE proper under those settings.
+``kl_coef`` > 0 adds a k3 penalty to a frozen reference policy, a copy of the initial one
+(:func:`minibatch_loss`, :class:`Trainer`).
 :class:`Trainer` fills in the hooks of :class:`gagpo.runloop.RunLoop` (re-exported here), which
 runs the iterations, evaluations, metric files and checkpoints.
 
@@ -28,9 +30,10 @@ another number of processes.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -101,11 +104,58 @@ def critic_targets(cfg: EstimatorSettings, batch: StepBatch, values: np.ndarray,
             "returns": adv_lib.lambda_returns(batch, values, next_values, cfg.gamma, cfg.lam)}
 
 
-class Trainer(RunLoop):
-    """Holds the policy, optimiser(s), environments and logs of one run; the hooks of
-    :class:`~gagpo.runloop.RunLoop` with a small policy network (:mod:`gagpo.policies`)."""
+def minibatch_loss(policy: torch.nn.Module, observations: Sequence[str], admissible: Sequence[Sequence[str]],
+                   actions: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor, cfg: Any,
+                   logp_ref: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    r"""The toy trainer's loss on one minibatch of :math:`N` rows (one decision each, so one "token" per
+    action): :func:`gagpo.losses.ppo_clip_loss` of the policy's log-probabilities of the taken actions,
 
-    def __init__(self, cfg: TrainConfig):
+    .. math::
+        L = \frac1N \sum_i -\min\big(r_i A_i,\ \mathrm{clip}(r_i, 1-\varepsilon, 1+\varepsilon) A_i\big)
+            + \beta\, \frac1N \sum_i \min\big(k_3(\log\pi_\theta(a_i \mid s_i), \log\pi_{\text{ref}}(a_i \mid s_i)),\ \kappa\big)
+            - c_H\, \frac1N \sum_i H\big(\pi_\theta(\cdot \mid s_i)\big),
+
+    with :math:`r_i = \pi_\theta(a_i \mid s_i) / \pi_{\text{old}}(a_i \mid s_i)`, :math:`k_3 = e^{d} - 1 - d`,
+    :math:`d = \log\pi_{\text{ref}}(a_i \mid s_i) - \log\pi_\theta(a_i \mid s_i)` (:func:`gagpo.losses.kl_k3`),
+    :math:`\varepsilon` = ``cfg.clip_eps``, :math:`c_H` = ``cfg.entropy_coef``, :math:`\beta` = ``cfg.kl_coef``
+    and :math:`\kappa = 10` (``ppo_clip_loss``'s ``kl_clip``). Without ``logp_ref`` the :math:`\beta` term is
+    absent (and ``cfg.kl_coef`` must be 0); with it and :math:`\beta = 0` the loss is the same number and the
+    diagnostics add ``kl_ref``, the :math:`\frac1N\sum_i \min(k_3, \kappa)` term.
+
+    Args:
+        policy: the policy (:mod:`gagpo.policies`); carries the gradient.
+        observations, admissible: the minibatch's rows.
+        actions: (N,) the taken actions (indices into ``admissible``).
+        logp_old, advantages: (N,) :math:`\log\pi_{\text{old}}(a_i \mid s_i)` and :math:`A_i`; constants.
+        cfg: ``clip_eps``, ``entropy_coef``, ``kl_coef`` and ``ratio_level`` (a :class:`TrainConfig`).
+        logp_ref: (N,) :math:`\log\pi_{\text{ref}}(a_i \mid s_i)` under the frozen reference policy, or ``None``.
+
+    Returns:
+        ``(loss, diagnostics, logp_new)``: the scalar loss, ``ppo_clip_loss``'s diagnostics, and the (N,)
+        :math:`\log\pi_\theta(a_i \mid s_i)` (with their gradient).
+    """
+    logits = policy.logits(observations, admissible)
+    logp_new = action_log_probs(logits, actions)
+    loss, diag = ppo_clip_loss(
+        logp_new, logp_old, advantages, torch.arange(len(observations)), ratio_level=cfg.ratio_level,
+        clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef, logp_ref=logp_ref,
+        kl_coef=cfg.kl_coef,
+    )
+    return loss, diag, logp_new
+
+
+class Trainer(RunLoop):
+    r"""Holds the policy, optimiser(s), environments and logs of one run; the hooks of
+    :class:`~gagpo.runloop.RunLoop` with a small policy network (:mod:`gagpo.policies`).
+
+    ``reference``: the frozen reference policy :math:`\pi_{\text{ref}}` of the KL penalty
+    (``cfg.kl_coef``, :func:`minibatch_loss`) and of the ``kl_ref`` metric — a policy of the run's kind (a
+    frozen copy of it is kept), or ``"initial"`` for a frozen copy of this run's initial policy. ``None`` (the
+    default): ``"initial"`` when ``cfg.kl_coef > 0``, no reference otherwise (and then nothing of the run
+    changes: no reference scoring, no ``kl_ref``). With ``kl_coef`` 0 and a reference, the run trains
+    exactly as without one and logs ``kl_ref``: how far it drifts when nothing holds it back."""
+
+    def __init__(self, cfg: TrainConfig, reference: torch.nn.Module | str | None = None):
         super().__init__(cfg)  # cfg, run_dir, torch threads, iteration, env_steps, history
         self.pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
         self.eval_pool = EnvPool(make_env_fn(cfg.env, cfg.max_steps, **cfg.env_kwargs))
@@ -119,6 +169,15 @@ class Trainer(RunLoop):
             self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=cfg.value_lr)
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         dist.broadcast_parameters([p for _, p in self.named_trainable()])  # data-parallel: the main process's weights
+        if reference is None and cfg.kl_coef > 0:
+            reference = "initial"
+        if isinstance(reference, str) and reference != "initial":
+            raise ValueError(f"reference must be a policy, 'initial' or None; got {reference!r}")
+        self.reference = None if reference is None else copy.deepcopy(self.policy if reference == "initial" else reference)
+        if self.reference is not None:
+            self.reference.requires_grad_(False)
+        #: a reference is scored on every rollout (RunLoop.step: time_reference, targets["ref_logp"]) only when there is one
+        self.SCORES_REFERENCE = self.reference is not None
 
     # ------------------------------------------------------------------ seeds
     def action_generator(self, iteration: int) -> torch.Generator:
@@ -133,14 +192,22 @@ class Trainer(RunLoop):
         return collect(self.pool, self.policy, self.rank_task_seeds(self.iteration), self.cfg.group_size,
                        self.action_generator(self.iteration))
 
+    def reference_logp(self, rollout: Rollout) -> np.ndarray:
+        r""":math:`\log\pi_{\text{ref}}(a_t \mid s_t)` of every row's action under the frozen reference policy, (N,)
+        (called by :meth:`~gagpo.runloop.RunLoop.step` when the run has a reference)."""
+        with torch.no_grad():
+            logits = self.reference.logits(rollout.observations, rollout.admissible)
+            return action_log_probs(logits, torch.as_tensor(rollout.actions)).double().numpy()
+
     def advantages(self, rollout: Rollout) -> dict[str, np.ndarray]:
         """:func:`rollout_advantages` of ``cfg.algo``, with the value network for a critic estimator."""
         return rollout_advantages(self.cfg, rollout, self.value_net, self.shard)
 
     # ------------------------------------------------------------------ update
     def update(self, rollout: Rollout, targets: dict[str, np.ndarray]) -> dict[str, float]:
-        """``cfg.update_epochs`` passes of PPO-clip minibatch steps on ``targets["advantages"]`` (the
-        non-finite guard skips a bad step), then, with a critic, ``cfg.value_epochs`` regressions of the
+        """``cfg.update_epochs`` passes of PPO-clip minibatch steps on ``targets["advantages"]``
+        (:func:`minibatch_loss`; with a reference policy, its log-probs ``targets["ref_logp"]`` give the
+        ``cfg.kl_coef`` · k3 penalty and the ``kl_ref`` diagnostic; the non-finite guard skips a bad step), then, with a critic, ``cfg.value_epochs`` regressions of the
         value network onto ``targets["returns"]``; returns the averaged diagnostics.
 
         Data-parallel (:mod:`gagpo.distributed`): each process splits its rows into the same number of
@@ -153,6 +220,9 @@ class Trainer(RunLoop):
         acts = torch.as_tensor(rollout.actions)
         logp_old = torch.as_tensor(rollout.logp, dtype=torch.float32)
         adv = torch.as_tensor(targets["advantages"], dtype=torch.float32)
+        ref = targets.get("ref_logp")  # a run with a reference policy (cfg.kl_coef > 0, or one given)
+        logp_ref = None if ref is None else torch.as_tensor(ref, dtype=torch.float32)
+        keys = _DIAGNOSTICS + (() if logp_ref is None else ("kl_ref",))
         gen = torch.Generator().manual_seed(int(np.random.default_rng(dist.seed_key(cfg.seed, self.iteration, 3)).integers(2**62)))
         diags: list[dict[str, float]] = []
         skipped = 0
@@ -168,18 +238,15 @@ class Trainer(RunLoop):
                 bad, diag = None, None
                 self.optimizer.zero_grad()
                 if ii:
-                    logits = self.policy.logits([rollout.observations[i] for i in ii], [rollout.admissible[i] for i in ii])
-                    logp_new = action_log_probs(logits, acts[idx])
-                    loss, diag = ppo_clip_loss(
-                        logp_new, logp_old[idx], adv[idx], torch.arange(len(ii)), ratio_level=cfg.ratio_level,
-                        clip_eps=cfg.clip_eps, entropy=entropy(logits), entropy_coef=cfg.entropy_coef,
-                    )
+                    loss, diag, logp_new = minibatch_loss(
+                        self.policy, [rollout.observations[i] for i in ii], [rollout.admissible[i] for i in ii], acts[idx],
+                        logp_old[idx], adv[idx], cfg, None if logp_ref is None else logp_ref[idx])
                     if rows != len(ii):  # data-parallel: this process's share of the minibatch's mean
                         loss = loss * (len(ii) / rows)
                     # the guard (gagpo.guard): skip a step whose inputs, log-probs, loss or gradients are not finite
-                    bad = next((phase for phase, t in (("old log-probs", logp_old[idx]), ("advantages", adv[idx]),
-                                                       ("log-probs", logp_new.detach()), ("loss", loss.detach()))
-                                if not all_finite([t])), None)
+                    checked = (("old log-probs", logp_old[idx]), ("advantages", adv[idx]), ("log-probs", logp_new.detach()),
+                               ("loss", loss.detach())) + (() if logp_ref is None else (("reference log-probs", logp_ref[idx]),))
+                    bad = next((phase for phase, t in checked if not all_finite([t])), None)
                     if not bad:
                         loss.backward()
                 bad = dist.agree(bad)  # one bad process skips the step everywhere
@@ -198,11 +265,11 @@ class Trainer(RunLoop):
                     continue
                 self.guard.good()
                 self.optimizer.step()
-                diag = _pool_diagnostics(diag, len(ii))
+                diag = _pool_diagnostics(diag, len(ii), keys)
                 if cfg.max_grad_norm > 0:
                     diag["grad_norm"] = grad_norm
                 diags.append(diag)
-        out = {k: float(np.mean([d[k] for d in diags])) for k in _DIAGNOSTICS} if diags else {}
+        out = {k: float(np.mean([d[k] for d in diags])) for k in keys} if diags else {}
         out["nonfinite_steps"] = skipped
         if self.value_net is not None:
             out.update(self.update_critic(rollout, targets["returns"], out["nonfinite_steps"]))
@@ -275,6 +342,8 @@ class Trainer(RunLoop):
         if self.value_net is not None:
             state["value_net"] = self.value_net.state_dict()
             state["value_optimizer"] = self.value_optimizer.state_dict()
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
         with atomic_write(self.checkpoint_path(), "wb") as fh:  # a failed write leaves the last checkpoint, no .tmp
             torch.save(state, fh)
 
@@ -294,6 +363,8 @@ class Trainer(RunLoop):
         if self.value_net is not None:
             self.value_net.load_state_dict(state["value_net"])
             self.value_optimizer.load_state_dict(state["value_optimizer"])
+        if self.reference is not None and "reference" in state:
+            self.reference.load_state_dict(state["reference"])
         check_finite_weights(self.named_trainable(), f"the checkpoint {path}")
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
@@ -303,12 +374,13 @@ class Trainer(RunLoop):
 _DIAGNOSTICS = ("clip_fraction", "approx_kl", "policy_loss", "entropy", "ratio_mean", "ratio_max")
 
 
-def _pool_diagnostics(diag: dict[str, float] | None, rows: int) -> dict[str, float]:
-    """One step's :data:`_DIAGNOSTICS` over every process (means weighted by the processes' rows,
-    ``ratio_max`` the maximum); ``diag`` itself in one process (``None``: this process had no row)."""
+def _pool_diagnostics(diag: dict[str, float] | None, rows: int, keys: tuple[str, ...] = _DIAGNOSTICS) -> dict[str, float]:
+    """One step's diagnostics ``keys`` (:data:`_DIAGNOSTICS`, and ``kl_ref`` with a reference policy) over every
+    process (means weighted by the processes' rows, ``ratio_max`` the maximum); ``diag`` itself in one process
+    (``None``: this process had no row)."""
     if not dist.is_distributed():
         return diag
-    means = [k for k in _DIAGNOSTICS if k != "ratio_max"]
+    means = [k for k in keys if k != "ratio_max"]
     local = {k: rows * float(diag[k]) for k in means} if diag else {}
     totals = dist.all_sum({**local, "rows": rows}, keys=means + ["rows"])
     pooled = {k: totals[k] / totals["rows"] for k in means}
@@ -328,5 +400,5 @@ compute_advantages = rollout_advantages
 """Deprecated name of :func:`rollout_advantages` (chapters 8 and 9 call it so); not to be confused with
 :func:`gagpo.registry.compute_advantages`, the numpy estimator of one ``StepBatch``."""
 
-__all__ = ["RunLoop", "Trainer", "train", "rollout_advantages", "estimator_advantages", "critic_targets", "write_csv",
+__all__ = ["RunLoop", "Trainer", "train", "minibatch_loss", "rollout_advantages", "estimator_advantages", "critic_targets", "write_csv",
            "anchor_histogram", "TRAIN_SEED_RANGE"]

@@ -70,7 +70,7 @@ def test_the_toy_configuration_keeps_the_shared_defaults_and_the_lm_one_says_whe
     lm_defaults = {n: default_of(lm[n]) for n, base in SHARED_FIELDS.items() if default_of(lm[n]) != default_of(base)}
     assert lm_defaults == {"env": "toy_envs/MiniHousehold-v0", "max_steps": 50, "iterations": 150, "tasks_per_iter": 16,
                            "lr": 1e-6, "update_epochs": 1, "entropy_coef": 0.0, "value_lr": 1e-4, "eval_every": 10,
-                           "eval_episodes": 32, "threads": 0}
+                           "eval_episodes": 32, "threads": 0, "kl_coef": 0.01}
     # the estimator settings are the same in both, help included
     for name in fields_of(EstimatorSettings):
         if name != "algo":
@@ -107,7 +107,7 @@ BAD = [
     dict(tasks_per_iter=0), dict(lr=0.0), dict(clip_eps=math.nan), dict(entropy_coef=math.inf), dict(ratio_level="sequence"),
     dict(anchor_threshold=2.0), dict(max_nonfinite_steps=0), dict(threads=-1), dict(eval_every=-1),
     dict(env="toy_envs/Nope-v0"), dict(env_kwargs="{not json"), dict(env_kwargs={"bogus": 1}),
-    dict(resume=True, overwrite=True), dict(eval_episodes=1000),
+    dict(resume=True, overwrite=True), dict(eval_episodes=1000), dict(kl_coef=-0.1),
 ]
 
 

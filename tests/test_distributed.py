@@ -152,8 +152,9 @@ def check_one_run(proc: subprocess.CompletedProcess, run_dir: str, iterations: i
 
 # ---------------------------------------------------------------------- two processes
 @pytest.mark.slow
-@pytest.mark.parametrize("algo,extra", [("gagpo", []), ("reinforce", ["--reinforce-baseline", "mean"]), ("ppo", [])],
-                         ids=["gagpo-group-local", "reinforce-batch-mean", "ppo-critic-batch-norm"])
+@pytest.mark.parametrize("algo,extra", [("gagpo", []), ("reinforce", ["--reinforce-baseline", "mean"]), ("ppo", []),
+                                        ("grpo", ["--kl-coef", "0.5"])],
+                         ids=["gagpo-group-local", "reinforce-batch-mean", "ppo-critic-batch-norm", "grpo-kl-penalty"])
 def test_toy_keydoor_on_two_processes_is_the_one_process_update_on_the_union(tmp_path, algo, extra):
     run_dir, dump = str(tmp_path / "run"), str(tmp_path / "dump")
     proc = launch([*TOY_ARGS, "--algo", algo, *extra, "--iterations", "2", "--out-dir", run_dir], dump=dump)
@@ -187,7 +188,9 @@ def test_toy_keydoor_on_two_processes_is_the_one_process_update_on_the_union(tmp
         if algo == "ppo":
             np.testing.assert_allclose(np.concatenate([d["targets"]["returns"] for d in dumps]), targets["returns"], **tol)
         assert np.std(adv) > 0  # something to learn from: the comparison below is not of zeros
-        for key in ("policy_loss", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "ratio_max"):
+        assert ("kl_ref" in upd) == ("--kl-coef" in extra)  # a reference policy, scored on every process's rows
+        pooled = ("policy_loss", "entropy", "clip_fraction", "approx_kl", "ratio_mean", "ratio_max")
+        for key in pooled + (("kl_ref",) if "kl_ref" in upd else ()):
             assert dumps[0]["update"][key] == dumps[1]["update"][key]  # pooled: the same on both
             assert dumps[0]["update"][key] == pytest.approx(upd[key], rel=1e-5, abs=1e-7), key
         if algo == "ppo":

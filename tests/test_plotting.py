@@ -81,3 +81,38 @@ def test_save_replaces_a_figure_atomically(tmp_path, monkeypatch):
     assert open(path, "rb").read() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
     plt.close(fig)
+
+
+def test_text_features_figure_shows_the_bag_the_largest_effects_and_the_scores(tmp_path):
+    """The helper draws what gagpo.policies.text_features computed: the bag's occurrences per bucket, the
+    ``top`` features with the largest effect (their values, in that order, labelled with their buckets), and
+    every command's score split into its two parts."""
+    import torch
+
+    from gagpo import plotting
+    from gagpo.policies import TextPolicy, text_features
+
+    policy = TextPolicy(hidden=8, seed=0)
+    with torch.no_grad():
+        policy.action_embedding.weight.normal_(generator=torch.Generator().manual_seed(0))
+    obs = "The goal is 2 steps north. Walls: east, east."
+    view = text_features(policy, obs, ["go north", "go west", "look"])
+    fig = plotting.text_features(view, top=5)
+    ax_bag, ax_eff, ax_score = fig.axes[:3]
+    effects = view.effects.double().numpy()
+    order = np.argsort(-np.abs(effects).max(axis=1), kind="stable")[:5]
+    assert np.allclose(ax_eff.images[0].get_array(), effects[order])
+    labels = [t.get_text() for t in ax_eff.get_yticklabels()]
+    assert labels == [f"{plotting._gram_label(view.grams[g])} → {view.buckets[g]}" for g in order]
+    heights = {}
+    for b, c in zip(view.buckets, view.counts):
+        heights[b] = heights.get(b, 0) + c
+    segments = ax_bag.collections[0].get_segments()  # every occupied bucket, one line of its occurrences
+    assert sorted((s[0][0], s[1][1]) for s in segments) == sorted((float(b), float(h)) for b, h in heights.items())
+    assert max(heights.values()) == 2  # "east" twice
+    widths = [p.get_width() for p in ax_score.patches]
+    assert np.allclose(widths, np.concatenate([view.interaction.numpy(), view.bias.numpy()]))
+    assert os.path.exists(save(fig, "text_features", str(tmp_path)))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -13,8 +13,10 @@ from gagpo.policies import (
     TextPolicy,
     TextValue,
     action_log_probs,
+    text_features,
     entropy,
     greedy_actions,
+    kl_divergence,
     make_policy,
     make_value,
     sample_actions,
@@ -214,6 +216,24 @@ def test_entropy_gradient_is_finite_with_padding():
     assert logits.grad[2].abs().sum() > 0
 
 
+def test_kl_divergence_matches_hand_computation_with_padding():
+    """Exact KL(p || q) per row over the valid actions; 0 for equal rows and for a one-action row; >= 0; padding
+    must agree."""
+    other = torch.tensor([[0.0, 0.0, 0.0, NEG_INF], [5.0, NEG_INF, NEG_INF, NEG_INF], [1.0, 0.0, -1.0, 0.5]])
+    got = kl_divergence(LOGITS, other)
+    for i in range(3):
+        valid = [j for j in range(4) if LOGITS[i, j].item() != NEG_INF]
+        zp = sum(math.exp(LOGITS[i, j].item()) for j in valid)
+        zq = sum(math.exp(other[i, j].item()) for j in valid)
+        p = {j: math.exp(LOGITS[i, j].item()) / zp for j in valid}
+        q = {j: math.exp(other[i, j].item()) / zq for j in valid}
+        assert got[i].item() == pytest.approx(sum(p[j] * math.log(p[j] / q[j]) for j in valid), abs=1e-6)
+    assert got[0].item() > 0 and got[1].item() == 0.0
+    assert torch.equal(kl_divergence(LOGITS, LOGITS.clone()), torch.zeros(3))
+    with pytest.raises(ValueError, match="same entries"):
+        kl_divergence(LOGITS, torch.zeros_like(LOGITS))
+
+
 # --------------------------------------------------------------------------------------------------
 # Hashing and features.
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +260,61 @@ def test_featuriser_bags_line_up_with_per_string_ids():
     assert all(0 <= i < 64 for i in ids.tolist())
     empty_ids, empty_offsets = featuriser.bags(["", "?!"])
     assert empty_ids.numel() == 0 and empty_offsets.tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("sentence_pairs", [False, True])
+def test_featuriser_grams_are_the_features_that_ids_hashes(sentence_pairs):
+    featuriser = HashedNgramFeaturiser(n_features=64, ngram=2, sentence_pairs=sentence_pairs)
+    text = "The goal is 2 steps north. Walls: east"
+    grams = featuriser.grams(text)
+    assert [stable_hash(g) % 64 for g in grams] == list(featuriser.ids(text))
+    assert grams[:3] == ["1:the", "1:goal", "1:is"] and "2:north walls" in grams
+    assert ("p:goal|north" in grams) == sentence_pairs
+    assert "p:east|walls" not in grams  # a colon ends a sentence: "walls" and "east" are in different ones
+
+
+def dense_scores(policy: TextPolicy, bag_ids: list[int], commands: list[str]) -> torch.Tensor:
+    """f(o, a) from the dense count vectors: h = W2 tanh(W1 x(o) + b1) + b2, f = <h, E x(a)> + w . x(a)."""
+    n = policy.featuriser.n_features
+    x = torch.zeros(n).index_add(0, torch.tensor(bag_ids, dtype=torch.long), torch.ones(len(bag_ids)))
+    enc = policy.encoder
+    h = enc.out(torch.tanh(enc.bag.weight.T @ x + enc.bias))
+    scores = []
+    for command in commands:
+        xa = torch.zeros(n).index_add(0, torch.tensor(list(policy.featuriser.ids(command)), dtype=torch.long),
+                                      torch.ones(len(policy.featuriser.ids(command))))
+        scores.append(h @ (policy.action_embedding.weight.T @ xa) + policy.action_bias.weight[:, 0] @ xa)
+    return torch.stack(scores)
+
+
+@pytest.mark.parametrize("n_features", [16, 2**12])  # 16 buckets: many collisions
+def test_text_features_scores_and_leave_one_out_effects_match_a_dense_computation(n_features):
+    policy = TextPolicy(hidden=16, n_features=n_features, seed=0)
+    with torch.no_grad():  # give the commands' embeddings and biases weight, so that every part is non-trivial
+        generator = torch.Generator().manual_seed(1)
+        policy.action_embedding.weight.copy_(torch.randn(policy.action_embedding.weight.shape, generator=generator))
+        policy.action_bias.weight.copy_(torch.randn(policy.action_bias.weight.shape, generator=generator))
+    obs, commands = OBSERVATIONS[2], ADMISSIBLE[2]
+    view = text_features(policy, obs, commands)
+    occurrences = policy.featuriser.grams(obs)
+    ids = list(policy.featuriser.ids(obs))
+    assert view.grams == list(dict.fromkeys(occurrences)) and sum(view.counts) == len(ids)
+    assert view.counts == [occurrences.count(g) for g in view.grams]
+    assert view.buckets == [stable_hash(g) % n_features for g in view.grams] and view.n_features == n_features
+    with torch.no_grad():
+        assert torch.allclose(view.scores, policy.logits([obs], [commands])[0])
+        assert torch.allclose(view.interaction + view.bias, view.scores)
+        assert torch.allclose(view.probs, torch.softmax(view.scores, -1)) and view.commands == commands
+        full = dense_scores(policy, ids, commands)
+        assert torch.allclose(full, view.scores, atol=1e-5)
+        for g, gram in enumerate(view.grams):
+            without = dense_scores(policy, [i for i, o in zip(ids, occurrences) if o != gram], commands)
+            assert torch.allclose(view.effects[g], full - without, atol=1e-5), gram
+    assert view.effects.shape == (len(view.grams), len(commands)) and view.effects.abs().max() > 0.01
+    if n_features == 16:
+        assert len(set(view.buckets)) < len(view.grams)  # collisions: a removed feature leaves its bucket-mates
+    with pytest.raises(TypeError, match="TextPolicy"):
+        text_features(TabularSoftmaxPolicy(), obs, commands)
 
 
 # --------------------------------------------------------------------------------------------------

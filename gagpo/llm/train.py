@@ -195,7 +195,7 @@ class LMTrainConfig(BaseConfig):
     gen_batch_size: int = setting(128, "prompts per generate() call", ge=1)
     clip_eps: float = shared("clip_eps", help="PPO clip range ε (lower side)")
     clip_eps_high: float = setting(0.2, "PPO clip range on the upper side (clip-higher when larger than clip_eps)", ge=0)
-    kl_coef: float = setting(0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)", ge=0)
+    kl_coef: float = shared("kl_coef", 0.01, "weight of the k3 KL penalty to the reference policy (0 skips the reference)")
     entropy_coef: float = shared("entropy_coef", 0.0, "entropy bonus coefficient (> 0 computes full-vocabulary entropies)")
     ratio_level: str = shared("ratio_level", help="importance ratio per 'action' (one per response, GAGPO) or per 'token'")
     aggregation: str = setting("token_mean", "loss aggregation: mean over tokens, or over actions (each action's token mean)", choices=AGGREGATIONS)

@@ -9,11 +9,12 @@ import os
 import numpy as np
 import pytest
 
-from gagpo.llm.learning import PROFILES, TARGET_GAIN, LearningProfile, learning_summary, learning_table, lm_learning, target_verdict
+from gagpo.llm.learning import (PROFILES, SAMPLED_FILE, TARGET_GAIN, LearningProfile, cached_sampled, learning_summary, learning_table,
+                                lm_learning, sampled_summary, sampled_table, target_verdict)
 
 MICRO = LearningProfile("micro", seeds=(0,), algos=("grpo", "gagpo"), sft_steps=3, sft_tasks=8, sft_batch_size=4, iterations=2,
                         tasks_per_iter=2, group_size=2, max_steps=4, max_new_tokens=12, eval_every=1, eval_episodes=3,
-                        label="micro")
+                        sampled_samples=2, label="micro")
 
 
 def _rows(starts_finals: dict[str, list[tuple[float, float]]]) -> list[dict]:
@@ -92,6 +93,53 @@ def test_lm_learning_micro(tmp_path):
     again = lm_learning(profile=MICRO, workers=1, root=root, figures_dir=figs, progress=False, report_only=True)
     assert again["rows"] == out["rows"]
     assert os.path.getmtime(os.path.join(root, "micro", "gagpo-seed0", "metrics.jsonl")) == mtime
+    # the sampled evaluation: the SFT start and each run's final policy, cached beside each run, reused by the rerun
+    with open(os.path.join(figs, "lm_learning_sampled.csv")) as fh:
+        srows = list(csv.DictReader(fh))
+    assert [(r["algo"], r["iteration"]) for r in srows] == [("grpo", "0"), ("grpo", "2"), ("gagpo", "0"), ("gagpo", "2")]
+    assert all(r["sampled_episodes"] == str(2 * MICRO.eval_episodes) for r in srows)
+    assert srows[0]["sampled_success"] == srows[2]["sampled_success"]          # one SFT start for every run
+    assert again["sampled_rows"] == out["sampled_rows"]
+    assert "## The sampling policy" in md and "| gagpo | 1 |" in md.split("## The sampling policy")[1]
+    assert f"one evaluation of {2 * MICRO.eval_episodes} episodes (binomial standard error" in md
+    assert "The sampled evaluations of 3 models took" in md
+    sft_cache = os.path.join(root, "micro", "sft", SAMPLED_FILE)
+    run_cache = os.path.join(root, "micro", "gagpo-seed0", SAMPLED_FILE)
+    model = os.path.join(root, "micro", "gagpo-seed0", "checkpoint")
+    assert os.path.exists(sft_cache) and cached_sampled(MICRO, model, run_cache) is not None
+    # a cache is reused only for the same settings and the same weights
+    assert cached_sampled(dataclasses.replace(MICRO, sampled_seed=5), model, run_cache) is None
+    weights = os.path.join(model, "model.safetensors")
+    os.utime(weights, (os.path.getatime(weights), os.path.getmtime(weights) + 10))
+    assert cached_sampled(MICRO, model, run_cache) is None
+
+
+def test_sampled_summary_by_hand():
+    rows = []
+    for algo, finals in {"gagpo": [0.7, 0.5, 0.9], "grpo": [0.4, 0.5, 0.5]}.items():
+        for seed, final in enumerate(finals):
+            rows += [{"algo": algo, "seed": seed, "iteration": 0, "env_steps": 0, "sampled_success": 0.5},
+                     {"algo": algo, "seed": seed, "iteration": 50, "env_steps": 900, "sampled_success": final}]
+    s = sampled_summary(rows, n_boot=200)
+    assert s["gagpo"]["start"][0] == pytest.approx(0.5) and s["gagpo"]["final"][0] == pytest.approx(0.7)
+    assert s["gagpo"]["gain"][0] == pytest.approx(0.2) and s["gagpo"]["ups"] == 2
+    assert s["grpo"]["gain"][0] == pytest.approx(0.0) and s["grpo"]["ups"] == 0
+    table = sampled_table(s)
+    assert "| gagpo | 3 | 0.50 | 0.70 [" in table and "+0.20 [" in table and "2 of 3" in table
+    assert "| grpo | 3 | 0.50 | 0.50 [" in table and "+0.00 [" in table and "-0.00" not in table
+
+
+def test_signed_cells_never_print_minus_zero():
+    rows = _rows({"gagpo": [(0.5, 0.499), (0.5, 0.4995), (0.5, 0.4999)], "grpo": [(0.5, 0.49), (0.5, 0.48), (0.5, 0.47)]})
+    s = learning_summary(rows, final_evals=1, n_boot=50)
+    table, verdict = learning_table(s), target_verdict(s)
+    assert "-0.00" not in table and "+0.00 [" in table and "-0.00" not in verdict
+    assert "-0.02 [" in table                                          # a real negative gain keeps its sign
+
+
+def test_quick_profile_skips_the_sampled_evaluation():
+    assert PROFILES["quick"].sampled_samples == 0 and PROFILES["full"].sampled_samples >= 1
+    assert "sampling policy" not in PROFILES["quick"].describe() and "sampling policy" in PROFILES["full"].describe()
 
 
 def test_report_only_without_runs(tmp_path):
@@ -109,3 +157,29 @@ def test_profile_describe_reads_fields():
     text = p.describe()
     assert "77 SFT steps" in text and "lr 0.123" in text
     assert np.isfinite(len(text))
+
+
+def _committed(name: str) -> list[dict]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "figures", name)) as fh:
+        return [{k: (v if k == "algo" else float(v) if v != "" else v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def test_readme_quotes_the_committed_lm_learning_results():
+    """Every number of the README's lm-learning table is recomputed from the committed CSVs."""
+    from gagpo.llm.learning import SIGNED, _ci, _fmt
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    greedy, sampled = learning_summary(_committed("lm_learning.csv")), sampled_summary(_committed("lm_learning_sampled.csv"))
+    names = {"grpo": "GRPO, 50 iterations", "gigpo": "GiGPO", "gagpo": "GAGPO", "ppo": "PPO (value head)"}
+    for algo, name in names.items():
+        g, s = greedy[algo], sampled[algo]
+        row = (f"| {name} | {g['final'][0]:.2f} | {_ci(g['gain'], SIGNED)} | {s['final'][0]:.2f} | {_ci(s['gain'], SIGNED)} "
+               f"| {s['ups']} of {s['n_seeds']} |")
+        assert row in readme, row
+    start = f"| after SFT (iteration 0 of every RL run) | {greedy['gagpo']['start'][0]:.2f} | | {sampled['gagpo']['start'][0]:.2f} | | |"
+    assert start in readme, start
+    assert f"from {sampled['gagpo']['start'][0]:.2f} to {sampled['gagpo']['final'][0]:.2f}" in readme
+    assert _fmt(SIGNED, -0.0) == "+0.00"

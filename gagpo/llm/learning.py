@@ -27,6 +27,8 @@ interrupted benchmark continues where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -36,12 +38,12 @@ import numpy as np
 
 from ..harness import finished_history, run_configs, timed_run
 from ..reports import CSV_FLOAT, compare_with_committed, produced_by, report_dir, write_report
-from ..rundir import read_jsonl
+from ..rundir import atomic_write, read_jsonl
 from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve, mean_over_run
 from ..tables import write_csv
 
-__all__ = ["LearningProfile", "PROFILES", "TARGET_GAIN", "CSV_COLUMNS", "lm_learning", "warm_start", "learning_summary",
-           "learning_table"]
+__all__ = ["LearningProfile", "PROFILES", "TARGET_GAIN", "CSV_COLUMNS", "SAMPLED_COLUMNS", "lm_learning", "warm_start",
+           "learning_summary", "learning_table", "sampled_evaluation", "sampled_summary", "sampled_table"]
 
 TARGET_GAIN = 0.30
 """The issue's target: GAGPO's median held-out success rises by at least this much over the SFT start
@@ -50,6 +52,10 @@ TARGET_GAIN = 0.30
 CSV_COLUMNS = ("iteration", "env_steps", "eval_success", "eval_invalid_rate", "eval_return", "success", "invalid_rate",
                "kl_ref", "approx_kl", "format_error_rate")
 """The metrics of each evaluation row of ``lm_learning.csv`` (after ``algo, seed``)."""
+
+SAMPLED_COLUMNS = ("iteration", "env_steps", "sampled_success", "sampled_invalid_rate", "sampled_episodes")
+"""The columns of ``lm_learning_sampled.csv`` (after ``algo, seed``): one row for the SFT start (iteration 0)
+and one for the run's final policy."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class LearningProfile:
     eval_every: int = 10
     eval_episodes: int = 64
     threads: int = 1                            #: torch threads per run (the runs go in parallel processes)
+    sampled_samples: int = 4                    #: sampled episodes per held-out task in the sampled evaluation (0 skips it)
+    sampled_seed: int = 4321                    #: sampling seed of the sampled evaluation (the same for every model)
     label: str = ""
 
     def sft_config(self, root: str):
@@ -119,12 +127,14 @@ class LearningProfile:
                 f"RL: {self.iterations} iterations × {self.tasks_per_iter} tasks × group size {self.group_size} for every method "
                 f"(the same env-step budget), lr {self.lr:g} in minibatches of {self.minibatch_size} rows, k3 KL to the warm start with coefficient {self.kl_coef:g}, "
                 f"sampling temperature {self.temperature:g}, seeds {list(self.seeds)}. Held-out success: the greedy policy on "
-                f"{self.eval_episodes} held-out tasks every {self.eval_every} iterations.")
+                f"{self.eval_episodes} held-out tasks every {self.eval_every} iterations"
+                + (f"; and the sampling policy RL trains (temperature {self.temperature:g}), {self.sampled_samples} episodes on each "
+                   f"of the same held-out tasks, for the SFT start and each run's final policy." if self.sampled_samples else "."))
 
 
 PROFILES: dict[str, LearningProfile] = {
     "full": LearningProfile("full", seeds=tuple(range(5)), label="MiniHousehold level 1, tiny model, full profile"),
-    "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=8, eval_every=4, eval_episodes=32,
+    "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=8, eval_every=4, eval_episodes=32, sampled_samples=0,
                              label="MiniHousehold level 1, tiny model, quick profile"),
 }
 
@@ -147,6 +157,161 @@ def _last_eval(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if not rows:
         raise ValueError("the warm start has no evaluation (eval_every must be > 0)")
     return rows[-1]
+
+
+# ====================================================================== the sampled evaluation
+SAMPLED_FILE = "eval_sampled.json"
+"""The sampled evaluation of a model, cached in its run directory (the SFT run's for the warm start)."""
+
+
+def _sampled_settings(prof: LearningProfile, model_dir: str) -> dict[str, Any]:
+    weights = [f for f in sorted(os.listdir(model_dir)) if f.endswith((".safetensors", ".bin"))]
+    stamp = [(f, os.path.getsize(os.path.join(model_dir, f)), int(os.path.getmtime(os.path.join(model_dir, f)))) for f in weights]
+    return {"model": os.path.abspath(model_dir), "weights": [list(w) for w in stamp], "samples": prof.sampled_samples,
+            "seed": prof.sampled_seed, "eval_episodes": prof.eval_episodes, "temperature": prof.temperature, "env": prof.env,
+            "env_kwargs": dict(prof.env_kwargs), "max_steps": prof.max_steps, "history": prof.history,
+            "max_new_tokens": prof.max_new_tokens}
+
+
+def cached_sampled(prof: LearningProfile, model_dir: str, cache_path: str) -> dict[str, float] | None:
+    """The cached sampled evaluation of ``model_dir`` if ``cache_path`` holds one made with the same settings
+    and the same weight files (size and modification time), else None."""
+    if not (os.path.exists(cache_path) and os.path.isdir(model_dir)):
+        return None
+    with open(cache_path) as fh:
+        saved = json.load(fh)
+    return saved["result"] if saved.get("settings") == _sampled_settings(prof, model_dir) else None
+
+
+def sampled_evaluation(prof: LearningProfile, model_dir: str, cache_path: str, root: str) -> dict[str, float]:
+    r"""Held-out success of the *sampling* policy of the model in ``model_dir``: ``prof.sampled_samples``
+    episodes at the training temperature on each of the ``prof.eval_episodes`` held-out tasks of the
+    greedy evaluation (the same tasks, prompts, step limit, parser and invalid-action penalty), with the
+    sampling seed ``prof.sampled_seed`` — the same for every model, so two models meet the same task
+    draws. This is the quantity RL optimises (the expected success of the policy it samples from),
+    measured on tasks it never trained on; the greedy evaluation is what a deployed agent would do.
+
+    Returns ``{"sampled_success", "sampled_invalid_rate", "sampled_episodes"}``: the fraction of
+    episodes won, the fraction of decisions that were invalid, the number of episodes counted. The
+    result is written to ``cache_path`` with its settings and reused while they (and the weight files)
+    are unchanged (:func:`cached_sampled`).
+    """
+    from .rollout import collect_lm
+    from .train import LMTrainer, evaluation_metrics
+
+    if prof.sampled_samples < 1:
+        raise ValueError(f"sampled_samples must be >= 1 for a sampled evaluation; got {prof.sampled_samples}")
+    done = cached_sampled(prof, model_dir, cache_path)
+    if done is not None:
+        return done
+    # the RL runs' configuration with this model: the same environment, prompts and held-out tasks
+    cfg = dataclasses.replace(prof.rl_config(prof.algos[0], prof.sampled_seed, root), model=model_dir, algo="gagpo", kl_coef=0.0,
+                              out_dir=os.path.dirname(os.path.abspath(cache_path)), resume=False)
+    t0, c0 = time.time(), time.process_time()
+    trainer = LMTrainer(cfg)
+    try:
+        s = trainer.eval_sets[0]
+        r = collect_lm(s.pool, trainer.policy, s.seeds, prof.sampled_samples, cfg.history, cfg.sampling(False), cfg.invalid_penalty,
+                       seed=prof.sampled_seed, compute_logp=False, strict=cfg.strict_format, max_prompt_tokens=cfg.max_prompt_tokens,
+                       adapter=trainer.adapter)
+    finally:
+        trainer.close()
+    m = evaluation_metrics([r], "sampled_", by_task_type=False)
+    result = {"sampled_success": m["sampled_success"], "sampled_invalid_rate": m["sampled_invalid_rate"],
+              "sampled_episodes": int(m["sampled_episodes"])}
+    with atomic_write(cache_path) as fh:
+        json.dump({"settings": _sampled_settings(prof, model_dir), "result": result,
+                   "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0}, fh, indent=1)
+    return result
+
+
+def sampled_cost(jobs: Sequence[tuple[str, str]]) -> tuple[int, float, float]:
+    """``(evaluations timed, wall seconds, CPU seconds)`` summed over the caches of ``jobs``' sampled evaluations."""
+    n, wall, cpu = 0, 0.0, 0.0
+    for _, cache in jobs:
+        if os.path.exists(cache):
+            with open(cache) as fh:
+                saved = json.load(fh)
+            if "wall_s" in saved:
+                n, wall, cpu = n + 1, wall + float(saved["wall_s"]), cpu + float(saved.get("cpu_s", 0.0))
+    return n, wall, cpu
+
+
+def _sampled_job(prof: LearningProfile, model_dir: str, cache_path: str, root: str) -> dict[str, float]:
+    return sampled_evaluation(prof, model_dir, cache_path, root)
+
+
+def sampled_evaluations(prof: LearningProfile, jobs: Sequence[tuple[str, str]], root: str, workers: int = 2,
+                        compute: bool = True) -> list[dict[str, float] | None]:
+    """:func:`sampled_evaluation` of every ``(model_dir, cache_path)`` in ``jobs``, ``workers`` processes
+    at a time; cached ones are read, not recomputed; with ``compute=False`` nothing is computed (None for
+    the missing ones)."""
+    out: list[dict[str, float] | None] = [cached_sampled(prof, m, c) for m, c in jobs]
+    todo = [i for i, r in enumerate(out) if r is None and os.path.isdir(jobs[i][0])]
+    if not compute or not todo:
+        return out
+    if workers <= 1:
+        for i in todo:
+            out[i] = sampled_evaluation(prof, *jobs[i], root)
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        for i, res in zip(todo, ex.map(_sampled_job, [prof] * len(todo), [jobs[i][0] for i in todo],
+                                       [jobs[i][1] for i in todo], [root] * len(todo))):
+            out[i] = res
+    return out
+
+
+def sampled_tidy(start: Mapping[str, Any], labels: Sequence[tuple[str, int]], finals: Sequence[Mapping[str, Any] | None],
+                 histories: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of ``lm_learning_sampled.csv``: per run with a final sampled evaluation, the SFT start
+    (iteration 0) and the final policy (the run's last iteration and env steps)."""
+    rows = []
+    for (algo, seed), final, hist in zip(labels, finals, histories):
+        if final is None:
+            continue
+        last = hist[-1]
+        for it, steps, res in ((0, 0, start), (last["iteration"], last["env_steps"], final)):
+            rows.append({"algo": algo, "seed": seed, "iteration": it, "env_steps": steps, **{k: res[k] for k in SAMPLED_COLUMNS[2:]}})
+    return rows
+
+
+def sampled_summary(rows: Sequence[Mapping[str, Any]], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per algorithm, over seeds: the sampled held-out success at the SFT start, of the final policy, and
+    the gain (final − start), each the median with a bootstrap :data:`~gagpo.stats.CI_LEVEL` interval;
+    ``n_seeds``, ``ups`` (seeds whose final policy beat the start) and ``per_seed``."""
+    runs: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
+    for r in rows:
+        runs.setdefault(str(r["algo"]), {}).setdefault(r["seed"], []).append(r)
+    out: dict[str, dict[str, Any]] = {}
+    for algo, by_seed in runs.items():
+        per_seed = []
+        for s, hist in sorted(by_seed.items()):
+            hist = sorted(hist, key=lambda r: float(r["iteration"]))
+            start, final = float(hist[0]["sampled_success"]), float(hist[-1]["sampled_success"])
+            per_seed.append({"seed": s, "start": start, "final": final, "gain": final - start,
+                             "start_episodes": int(float(hist[0].get("sampled_episodes") or 0))})
+        entry: dict[str, Any] = {"n_seeds": len(per_seed), "per_seed": per_seed, "ups": sum(p["gain"] > 0 for p in per_seed),
+                                 "start_episodes": per_seed[0]["start_episodes"]}
+        for key in ("start", "final", "gain"):
+            vals = np.asarray([p[key] for p in per_seed], float)
+            entry[key] = tuple(float(v) for v in bootstrap_ci(vals, np.median, n_boot, CI_LEVEL, seed))
+        out[algo] = entry
+    return out
+
+
+def sampled_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """The Markdown table of :func:`sampled_summary`: one row per algorithm."""
+    head = ["algorithm", "seeds", "sampled held-out success at the SFT start", "final policy's sampled held-out success",
+            "gain over the start", "seeds above the start"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * (len(head) - 2)]
+    for algo, s in summary.items():
+        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], SIGNED),
+                 f"{s['ups']} of {s['n_seeds']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ====================================================================== tables
@@ -192,9 +357,18 @@ def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL
     return out
 
 
+SIGNED = "{:+.2f}"
+"""A signed two-decimal cell (a value that rounds to zero prints as +0.00, never -0.00)."""
+
+
+def _fmt(fmt: str, x: float) -> str:
+    text = fmt.format(x)
+    return "+" + text[1:] if fmt == SIGNED and text.startswith("-") and float(text) == 0 else text
+
+
 def _ci(t: Sequence[float], fmt: str = "{:.2f}") -> str:
     est, lo, hi = t
-    return "—" if not np.isfinite(est) else f"{fmt.format(est)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return "—" if not np.isfinite(est) else f"{_fmt(fmt, est)} [{_fmt(fmt, lo)}, {_fmt(fmt, hi)}]"
 
 
 def learning_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
@@ -203,7 +377,7 @@ def learning_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             "mean held-out success over the run", "final invalid-action rate", "KL to the SFT model at the end"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * (len(head) - 2)]
     for algo, s in summary.items():
-        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], "{:+.2f}"), _ci(s["auc"]),
+        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], SIGNED), _ci(s["auc"]),
                  _ci(s["final_invalid"]), _ci(s["kl_ref"], "{:.3f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -216,13 +390,14 @@ def target_verdict(summary: Mapping[str, Mapping[str, Any]], target: float = TAR
     g = summary["gagpo"]["gain"]
     ups = sum(p["gain"] > 0 for p in summary["gagpo"]["per_seed"])
     verdict = "**met**" if g[0] >= target else "**not met**"
-    return (f"Target (GAGPO's median held-out success rises by ≥ {target:.2f} over the SFT start): median gain {g[0]:+.2f} "
-            f"[{g[1]:+.2f}, {g[2]:+.2f}] — {verdict}; GAGPO ended above its start in {ups} of {summary['gagpo']['n_seeds']} seeds.")
+    return (f"Target (GAGPO's median held-out success rises by ≥ {target:.2f} over the SFT start): median gain {_fmt(SIGNED, g[0])} "
+            f"[{_fmt(SIGNED, g[1])}, {_fmt(SIGNED, g[2])}] — {verdict}; GAGPO ended above its start in {ups} of {summary['gagpo']['n_seeds']} seeds.")
 
 
 def learning_markdown(prof: LearningProfile, summary: Mapping[str, Mapping[str, Any]], sft_history: Sequence[Mapping[str, Any]],
-                      finished: int, planned: int, produced: str) -> str:
-    """The Markdown report: the setting, the warm start, the table, the target check, the cost."""
+                      finished: int, planned: int, produced: str, sampled: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The Markdown report: the setting, the warm start, the table, the target check, the sampled
+    evaluation (:func:`sampled_summary`; or a line saying it was not run), the cost."""
     first, last = sft_history[0], _last_eval(sft_history)
     lines = [
         f"# An LM agent under RL from an SFT warm start — {prof.label or prof.name}",
@@ -239,19 +414,42 @@ def learning_markdown(prof: LearningProfile, summary: Mapping[str, Mapping[str, 
     ]
     if finished < planned:
         lines += [f"**Partial results: {finished} of {planned} runs finished.**", ""]
-    lines += [learning_table(summary), "", target_verdict(summary), "", produced]
+    lines += [learning_table(summary), "", target_verdict(summary), ""]
+    if sampled:
+        any_algo = next(iter(sampled.values()))
+        lines += [
+            f"## The sampling policy (temperature {prof.temperature:g})",
+            "",
+            f"The policy RL trains samples its actions; the greedy policy above takes each one's most likely action. "
+            f"Sampled held-out success: {prof.sampled_samples} episodes on each of the same {prof.eval_episodes} held-out tasks "
+            f"(seed {prof.sampled_seed} for every model), for the SFT start ({any_algo['start'][0]:.2f}) and each run's final "
+            f"policy (one evaluation after the last iteration, not a mean of several); median over seeds [bootstrap "
+            f"{CI_LEVEL:.0%} interval]."
+            + (f" The start is one evaluation of {any_algo['start_episodes']} episodes (binomial standard error "
+               f"{np.sqrt(any_algo['start'][0] * (1 - any_algo['start'][0]) / any_algo['start_episodes']):.2f}), shared by every run: "
+               "the intervals over seeds do not include its own sampling error." if any_algo["start_episodes"] else ""),
+            "",
+            sampled_table(sampled),
+            "",
+        ]
+    elif prof.sampled_samples == 0:
+        lines += ["The sampling policy's held-out success is not measured in this profile (`sampled_samples=0`).", ""]
+    lines += [produced]
     return "\n".join(lines)
 
 
-def learning_figure(rows: Sequence[Mapping[str, Any]], start: float, title: str, stem: str, figures_dir: str) -> str:
+def learning_figure(rows: Sequence[Mapping[str, Any]], start: float, title: str, stem: str, figures_dir: str,
+                    sampled_rows: Sequence[Mapping[str, Any]] = ()) -> str:
     """Held-out success (median over seeds, band = bootstrap interval) and the KL to the SFT model
-    against environment steps, one colour per method; the dashed line is the SFT start."""
+    against environment steps, one colour per method; the dashed line is the SFT start. With
+    ``sampled_rows`` (:func:`sampled_tidy`), a third panel: the sampling policy's held-out success at the
+    SFT start and at the end of each run (one dot per seed, the bar the median)."""
     from .. import plotting
     from ..reports import _save, histories_by, plot_curves
 
     plt = plotting.use_style()
     runs = histories_by(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3 if sampled_rows else 2, figsize=(16 if sampled_rows else 11, 4))
     plot_curves(axes[0], runs, threshold=None)
     axes[0].axhline(start, color="k", linestyle=":", linewidth=1, label="SFT start")
     axes[0].set_title("held-out success (greedy), from the SFT warm start")
@@ -265,6 +463,19 @@ def learning_figure(rows: Sequence[Mapping[str, Any]], start: float, title: str,
     axes[1].set_ylabel("k3 KL to the SFT model (per token)")
     axes[1].set_title("distance from the warm start (each seed)")
     axes[1].legend(fontsize=8)
+    if sampled_rows:
+        summ = sampled_summary(sampled_rows, n_boot=1)
+        ax = axes[2]
+        ax.axhline(next(iter(summ.values()))["start"][0], color="k", linestyle=":", linewidth=1, label="SFT start")
+        for i, (algo, s) in enumerate(summ.items()):
+            color = plotting.ALGO_COLORS.get(algo) or f"C{i}"
+            finals = [p["final"] for p in s["per_seed"]]
+            ax.scatter(np.full(len(finals), i) + np.linspace(-0.12, 0.12, len(finals)), finals, color=color, alpha=0.7, s=18)
+            ax.hlines(s["final"][0], i - 0.25, i + 0.25, color=color, linewidth=2.5)
+        ax.set_xticks(range(len(summ)), list(summ))
+        ax.set_ylabel("held-out success (sampled)")
+        ax.set_title("the sampling policy: SFT start and final (each seed)")
+        ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, stem, figures_dir)
@@ -299,23 +510,42 @@ def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | No
     start = _last_eval(sft_history)
     configs = [prof.rl_config(a, s, root) for s in seeds for a in algos]  # seed-major: partial results stay balanced
     histories = run_configs(configs, workers, desc=f"lm-learning {prof.name}", progress=progress, train=not report_only)
-    elapsed = time.time() - t0
     done = [(c, h) for c, h in zip(configs, histories) if h is not None]
     if not done:
         raise ValueError("no finished runs to report; run without --report-only first")
-    rows = tidy(prof, start, [(c.algo, c.seed) for c, _ in done], [h for _, h in done])
+    labels = [(c.algo, c.seed) for c, _ in done]
+    rows = tidy(prof, start, labels, [h for _, h in done])
     stem = "lm_learning" + ("_quick" if quick else "")
     csv_path = os.path.join(figures_dir, stem + ".csv")
     write_csv(rows, csv_path, float_format=CSV_FLOAT)
     summary = learning_summary(rows)
+    paths = [csv_path]
+    sampled_rows: list[dict[str, Any]] = []
+    if prof.sampled_samples:  # the sampling policy: the SFT start and every finished run's final policy
+        sft_cfg = prof.sft_config(root)
+        jobs = [(sft_cfg.model_dir(), os.path.join(sft_cfg.run_dir(), SAMPLED_FILE)),
+                *((os.path.join(c.run_dir(), "checkpoint"), os.path.join(c.run_dir(), SAMPLED_FILE)) for c, _ in done)]
+        results = sampled_evaluations(prof, jobs, root, workers, compute=not report_only)
+        if results[0] is not None:
+            sampled_rows = sampled_tidy(results[0], labels, results[1:], [h for _, h in done])
+        if sampled_rows:
+            paths.append(os.path.join(figures_dir, stem + "_sampled.csv"))
+            write_csv(sampled_rows, paths[-1], float_format=CSV_FLOAT)
+    elapsed = time.time() - t0
     title = f"{prof.label or prof.name}: {len(seeds)} seeds"
-    png = learning_figure(rows, float(start["eval_success"]), title, stem, figures_dir)
+    png = learning_figure(rows, float(start["eval_success"]), title, stem, figures_dir, sampled_rows)
     command = command or f"python -m gagpo bench lm-learning{' --quick' if quick else ''}"
     all_configs = [prof.sft_config(root), *(c for c, _ in done)]
-    text = learning_markdown(prof, summary, sft_history, len(done), len(configs), produced_by(command, all_configs, elapsed, workers))
+    produced = produced_by(command, all_configs, elapsed, workers)
+    if sampled_rows:
+        n, wall, cpu = sampled_cost(jobs)
+        produced += (f" The sampled evaluations of {n} models took {cpu / 60:.1f} CPU-minutes ({wall / 60:.1f} process-minutes of "
+                     "wall time), cached beside each model.")
+    text = learning_markdown(prof, summary, sft_history, len(done), len(configs), produced,
+                             sampled_summary(sampled_rows) if sampled_rows else None)
     write_report(text, os.path.join(figures_dir, stem + ".md"))
     comparison = None if profile is not None else compare_with_committed(learning_table(summary), figures_dir, stem + ".md")
     if comparison:
         print("\nThis table is " + comparison)
-    return {"summary": summary, "rows": rows, "sft_history": sft_history, "paths": [csv_path, png],
-            "elapsed": elapsed, "table": text}
+    return {"summary": summary, "rows": rows, "sft_history": sft_history, "paths": [*paths, png],
+            "elapsed": elapsed, "table": text, "sampled_rows": sampled_rows}

@@ -282,23 +282,16 @@ def sampled_summary(rows: Sequence[Mapping[str, Any]], n_boot: int = N_BOOT, see
     """Per algorithm, over seeds: the sampled held-out success at the SFT start, of the final policy, and
     the gain (final − start), each the median with a bootstrap :data:`~gagpo.stats.CI_LEVEL` interval;
     ``n_seeds``, ``ups`` (seeds whose final policy beat the start) and ``per_seed``."""
-    runs: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
-    for r in rows:
-        runs.setdefault(str(r["algo"]), {}).setdefault(r["seed"], []).append(r)
     out: dict[str, dict[str, Any]] = {}
-    for algo, by_seed in runs.items():
+    for algo, by_seed in _runs(rows).items():
         per_seed = []
         for s, hist in sorted(by_seed.items()):
             hist = sorted(hist, key=lambda r: float(r["iteration"]))
             start, final = float(hist[0]["sampled_success"]), float(hist[-1]["sampled_success"])
             per_seed.append({"seed": s, "start": start, "final": final, "gain": final - start,
                              "start_episodes": int(float(hist[0].get("sampled_episodes") or 0))})
-        entry: dict[str, Any] = {"n_seeds": len(per_seed), "per_seed": per_seed, "ups": sum(p["gain"] > 0 for p in per_seed),
-                                 "start_episodes": per_seed[0]["start_episodes"]}
-        for key in ("start", "final", "gain"):
-            vals = np.asarray([p[key] for p in per_seed], float)
-            entry[key] = tuple(float(v) for v in bootstrap_ci(vals, np.median, n_boot, CI_LEVEL, seed))
-        out[algo] = entry
+        out[algo] = {"n_seeds": len(per_seed), "per_seed": per_seed, "ups": sum(p["gain"] > 0 for p in per_seed),
+                     "start_episodes": per_seed[0]["start_episodes"], **_medians(per_seed, ("start", "final", "gain"), n_boot, seed)}
     return out
 
 
@@ -326,6 +319,25 @@ def tidy(prof: LearningProfile, start: Mapping[str, Any], labels: Sequence[tuple
     return rows
 
 
+def _runs(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[Any, list[Mapping[str, Any]]]]:
+    """The tidy rows grouped by algorithm, then by seed (in the rows' order)."""
+    runs: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
+    for r in rows:
+        runs.setdefault(str(r["algo"]), {}).setdefault(r["seed"], []).append(r)
+    return runs
+
+
+def _medians(per_seed: Sequence[Mapping[str, float]], keys: Sequence[str], n_boot: int, seed: int) -> dict[str, tuple[float, ...]]:
+    """Per key: the median over seeds with its bootstrap :data:`~gagpo.stats.CI_LEVEL` interval (NaNs left out;
+    all NaN: three NaNs)."""
+    out = {}
+    for key in keys:
+        vals = np.asarray([p[key] for p in per_seed], float)
+        vals = vals[~np.isnan(vals)]
+        out[key] = tuple(float(v) for v in bootstrap_ci(vals, np.median, n_boot, CI_LEVEL, seed)) if len(vals) else (np.nan,) * 3
+    return out
+
+
 def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL_EVALS, n_boot: int = N_BOOT,
                      seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per algorithm, over seeds: the start (iteration 0), the final held-out success (mean of the last
@@ -333,11 +345,8 @@ def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL
     the curve / its length), the final invalid-action rate and the last KL to the reference — each the
     median with a bootstrap :data:`~gagpo.stats.CI_LEVEL` interval (``(median, low, high)``), plus
     ``n_seeds`` and ``per_seed``."""
-    runs: dict[str, dict[Any, list[Mapping[str, Any]]]] = {}
-    for r in rows:
-        runs.setdefault(str(r["algo"]), {}).setdefault(r["seed"], []).append(r)
     out: dict[str, dict[str, Any]] = {}
-    for algo, by_seed in runs.items():
+    for algo, by_seed in _runs(rows).items():
         per_seed = []
         for s, hist in sorted(by_seed.items()):
             x, y = eval_curve(hist)
@@ -348,12 +357,8 @@ def learning_summary(rows: Sequence[Mapping[str, Any]], final_evals: int = FINAL
             per_seed.append({"seed": s, "start": float(y[0]), "final": final, "gain": final - float(y[0]), "auc": auc,
                              "final_invalid": float(inv[-final_evals:].mean()) if len(inv) else float("nan"),
                              "kl_ref": kl[-1] if kl else float("nan"), "env_steps": float(x[-1])})
-        entry: dict[str, Any] = {"n_seeds": len(per_seed), "per_seed": per_seed}
-        for key in ("start", "final", "gain", "auc", "final_invalid", "kl_ref"):
-            vals = np.asarray([p[key] for p in per_seed], float)
-            vals = vals[~np.isnan(vals)]
-            entry[key] = tuple(float(v) for v in bootstrap_ci(vals, np.median, n_boot, CI_LEVEL, seed)) if len(vals) else (np.nan,) * 3
-        out[algo] = entry
+        out[algo] = {"n_seeds": len(per_seed), "per_seed": per_seed,
+                     **_medians(per_seed, ("start", "final", "gain", "auc", "final_invalid", "kl_ref"), n_boot, seed)}
     return out
 
 

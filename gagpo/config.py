@@ -414,6 +414,7 @@ class TrainConfig(BaseConfig):
     eval_every: int = shared("eval_every")
     eval_episodes: int = shared("eval_episodes")
     eval_greedy: bool = shared("eval_greedy")
+    eval_sampled: bool = setting(False, "also play the held-out tasks with sampled actions at every evaluation (metric eval_success_sampled, beside the greedy eval_success); its own generator, seeded with the run's seed, so training is unchanged")
     out_dir: str = shared("out_dir")
     checkpoint_every: int = shared("checkpoint_every")
     resume: bool = shared("resume")

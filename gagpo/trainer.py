@@ -311,11 +311,20 @@ class Trainer(RunLoop):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
+        """One episode on each held-out task seed: ``eval_success``, ``eval_return``, ``eval_length`` of the
+        greedy policy (``cfg.eval_greedy``, the book's convention; else sampled); with ``cfg.eval_sampled`` also
+        ``eval_success_sampled``, the same tasks played with sampled actions (a generator seeded with
+        ``cfg.seed``, apart from training's)."""
         if not self.eval_seeds:
             return {}
+        out: dict[str, float] = {}
+        if self.cfg.eval_sampled:
+            sampled = collect(self.eval_pool, self.policy, self.eval_seeds, 1, torch.Generator().manual_seed(self.cfg.seed), greedy=False)
+            out["eval_success_sampled"] = sampled.success_rate
         gen = torch.Generator().manual_seed(self.cfg.seed + 12345)
         r = collect(self.eval_pool, self.policy, self.eval_seeds, 1, gen, greedy=self.cfg.eval_greedy)
-        return {"eval_success": r.success_rate, "eval_return": float(r.traj_return.mean()), "eval_length": float(r.traj_length.mean())}
+        return {"eval_success": r.success_rate, "eval_return": float(r.traj_return.mean()), "eval_length": float(r.traj_length.mean()),
+                **out}
 
     # ------------------------------------------------------------------ persistence
     def checkpoint_path(self) -> str:

@@ -258,3 +258,19 @@ def test_a_large_kl_coef_keeps_the_run_closer_to_its_reference(tmp_path):
                                         trainer.reference.logits(states.observations, states.admissible)).mean().item()
     assert exact[0.0] > 0.02 and logged[0.0] > 0.02, (exact, logged)  # the free run moved away
     assert exact[2.0] < 0.25 * exact[0.0] and logged[2.0] < 0.25 * logged[0.0], (exact, logged)
+
+
+def test_eval_sampled_adds_the_sampled_policy_and_changes_nothing_else(tmp_path):
+    """``eval_sampled``: each evaluation also plays the held-out tasks with sampled actions (its own
+    generator, seeded with the run's seed); the greedy metrics and the training are those of a run without it."""
+    plain = Trainer(tiny(tmp_path / "a", eval_every=1, eval_episodes=12))
+    both = Trainer(tiny(tmp_path / "b", eval_every=1, eval_episodes=12, eval_sampled=True))
+    for _ in range(3):
+        plain.step(), both.step()
+    assert strip(plain.history) == [{k: v for k, v in r.items() if k != "eval_success_sampled"} for r in strip(both.history)]
+    assert all("eval_success_sampled" in r for r in both.history) and not any("eval_success_sampled" in r for r in plain.history)
+    expected = collect(both.eval_pool, both.policy, both.eval_seeds, 1, torch.Generator().manual_seed(both.cfg.seed), greedy=False)
+    assert both.evaluate()["eval_success_sampled"] == expected.success_rate
+    greedy = collect(both.eval_pool, both.policy, both.eval_seeds, 1, torch.Generator().manual_seed(0), greedy=True)
+    assert both.evaluate()["eval_success"] == greedy.success_rate
+    plain.close(), both.close()

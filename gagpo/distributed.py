@@ -50,9 +50,15 @@ Launching (from the repository root or any directory; ``-m gagpo`` runs the pack
     torchrun --nproc_per_node 2 -m gagpo train --env keydoor --tasks-per-iter 8 ...
     accelerate launch --multi_gpu --num_processes 2 -m gagpo train --model tiny --device cpu ...
 
-Not supported: FSDP and DeepSpeed (refused with a message, :func:`check_launch`) — the trainers keep
-the model unwrapped and sum gradients themselves, which needs a full copy of the weights per process;
-``accelerate launch --mixed_precision`` (the trainers' own ``--dtype`` decides; a warning says so);
+FSDP (the language-model trainer only, full-parameter training): a launch with accelerate's FSDP
+configuration (``gagpo/configs/accelerate_fsdp.yaml``, which sets ``ACCELERATE_USE_FSDP=true``), or
+``torchrun`` with ``ACCELERATE_USE_FSDP=true`` in the environment, shards the trained weights, their
+gradients and the optimizer state over the processes with PyTorch's FSDP2 (``fully_shard``;
+:mod:`gagpo.llm.fsdp`). The toy trainer and ``sft`` refuse it (:func:`check_launch`), as every trainer
+refuses DeepSpeed.
+
+Not supported: DeepSpeed (refused with a message, :func:`check_launch`); FSDP outside the language-model
+trainer; ``accelerate launch --mixed_precision`` (the trainers' own ``--dtype`` decides; a warning says so);
 ``python -m gagpo sft`` on several processes (refused).
 """
 from __future__ import annotations
@@ -71,7 +77,8 @@ from .batch import COLUMNS, StepBatch
 __all__ = ["world_size", "rank", "local_rank", "is_main", "is_distributed", "uses_cpu", "check_launch", "init",
            "barrier", "process_device", "check_divisible", "shard", "seed_key", "Shard", "all_sum", "all_max",
            "all_min", "weighted_mean", "agree", "all_gather_object", "gather_rows", "on_union", "sum_gradients",
-           "broadcast_parameters", "call_on_main", "main_first", "TIMEOUT_ENV", "ACCELERATE_CONFIG"]
+           "broadcast_parameters", "call_on_main", "main_first", "TIMEOUT_ENV", "ACCELERATE_CONFIG",
+           "ACCELERATE_FSDP_CONFIG", "fsdp_launched", "accept_fsdp", "full_tensor", "local_tensor"]
 
 T = TypeVar("T")
 
@@ -79,6 +86,8 @@ T = TypeVar("T")
 TIMEOUT_ENV = "GAGPO_DIST_TIMEOUT_S"
 #: accelerate's configuration for several GPUs of one machine, shipped with the package (documented inside)
 ACCELERATE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "accelerate_multi_gpu.yaml")
+#: accelerate's FSDP configuration for the language-model trainer (documented inside; :mod:`gagpo.llm.fsdp`)
+ACCELERATE_FSDP_CONFIG = os.path.join(os.path.dirname(ACCELERATE_CONFIG), "accelerate_fsdp.yaml")
 _TRUE = ("1", "true", "yes")
 
 
@@ -117,18 +126,50 @@ def uses_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+_FSDP_ACCEPTED = False  # set by the one trainer that implements FSDP (the language-model trainer)
+
+
+def fsdp_launched() -> bool:
+    """Whether this run was launched for FSDP (``ACCELERATE_USE_FSDP`` true: accelerate's FSDP config, or
+    set by hand before ``torchrun``) on several processes (in one process there is nothing to shard)."""
+    return is_distributed() and os.environ.get("ACCELERATE_USE_FSDP", "").lower() in _TRUE
+
+
+def accept_fsdp() -> None:
+    """Declare that this process's trainer implements FSDP (:mod:`gagpo.llm.fsdp`): :func:`check_launch`
+    no longer refuses an FSDP launch. Only the language-model trainer calls it."""
+    global _FSDP_ACCEPTED
+    _FSDP_ACCEPTED = True
+
+
 def check_launch() -> None:
-    """Refuse launch modes the trainers do not implement (FSDP, DeepSpeed: ``RuntimeError``); warn that
-    accelerate's mixed precision is not applied (the trainers' ``--dtype`` decides)."""
-    for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(var, "").lower() in _TRUE:
-            raise RuntimeError(f"this run was launched with {what} ({var}), which gagpo's trainers do not implement: "
-                               f"they keep a full copy of the model per process and sum gradients themselves (DDP). "
-                               f"Launch with gagpo/configs/accelerate_multi_gpu.yaml or `accelerate launch --multi_gpu`")
+    """Refuse launch modes the trainers do not implement (``RuntimeError``): DeepSpeed always, FSDP unless
+    the trainer accepted it (:func:`accept_fsdp`: the language-model trainer); warn that accelerate's mixed
+    precision is not applied (the trainers' ``--dtype`` decides)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in _TRUE:
+        raise RuntimeError("this run was launched with DeepSpeed (ACCELERATE_USE_DEEPSPEED), which gagpo's trainers do "
+                           "not implement. Launch with gagpo/configs/accelerate_multi_gpu.yaml (DDP), or — for the "
+                           "language-model trainer, full-parameter training — gagpo/configs/accelerate_fsdp.yaml (FSDP)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in _TRUE and not _FSDP_ACCEPTED:
+        raise RuntimeError("this run was launched with FSDP (ACCELERATE_USE_FSDP), which only the language-model "
+                           "trainer implements (python -m gagpo train --model ..., full-parameter training); this "
+                           "trainer keeps a full copy of the model per process and sums gradients itself (DDP). "
+                           "Launch it with gagpo/configs/accelerate_multi_gpu.yaml or `accelerate launch --multi_gpu`")
     precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if is_distributed() and precision not in ("no", ""):
         warnings.warn(f"accelerate's mixed precision ({precision}) is not applied by gagpo: the trainer's --dtype "
                       f"decides the weights' dtype and autocast (auto: bf16 autocast on GPUs)", stacklevel=2)
+
+
+def full_tensor(t: Any) -> Any:
+    """The whole value of ``t``: ``t.full_tensor()`` for a sharded ``DTensor`` (FSDP; a collective: every
+    process must call it, in the same order), ``t`` itself otherwise."""
+    return t.full_tensor() if hasattr(t, "full_tensor") and hasattr(t, "device_mesh") else t
+
+
+def local_tensor(t: Any) -> Any:
+    """This process's shard of a sharded ``DTensor`` (FSDP), ``t`` itself otherwise (no communication)."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "device_mesh") else t
 
 
 # ---------------------------------------------------------------------- the process group

@@ -215,8 +215,8 @@ class RunLoop(abc.ABC):
         named = list(self.named_trainable()) if hasattr(self, "named_trainable") else []
         state = {"rank": dist.rank(), "world_size": dist.world_size(), "iteration": self.iteration,
                  "shard": self.shard, "rollout": rollout, "targets": targets, "update": update,
-                 "weights": {n: p.detach().cpu().clone() for n, p in named},
-                 "grads": {n: p.grad.detach().cpu().clone() for n, p in named if p.grad is not None}}
+                 "weights": {n: dist.full_tensor(p.detach()).cpu().clone() for n, p in named},  # FSDP: whole
+                 "grads": {n: dist.full_tensor(p.grad.detach()).cpu().clone() for n, p in named if p.grad is not None}}
         os.makedirs(folder, exist_ok=True)
         torch.save(state, os.path.join(folder, f"rank{dist.rank()}-iteration{self.iteration}.pt"))
 
@@ -322,7 +322,7 @@ class RunLoop(abc.ABC):
 
                 dist.call_on_main(start)
                 if self.cfg.resume:
-                    dist.main_first(self.load_checkpoint)
+                    self.resume()
                 self.run_iterations()
                 if dist.is_main():
                     self.write_metrics()
@@ -349,12 +349,24 @@ class RunLoop(abc.ABC):
                         post["eval"] = f"{row['eval_success']:.2f}"
                     bar.set_postfix(post)
                     bar.update(1)
-                if ((cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done()) and dist.is_main():
-                    self.save_checkpoint()
-                    self.write_metrics()
+                if (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0) or self.done():
+                    self.checkpoint()
         finally:
             if bar is not None:
                 bar.close()
+
+    def checkpoint(self) -> None:
+        """Called on every process when a checkpoint is due: the main process writes the checkpoint
+        (:meth:`save_checkpoint`) and the metric files. A trainer whose state is sharded over the processes
+        (FSDP, :class:`gagpo.llm.train.LMTrainer`) gathers it here on every process first."""
+        if dist.is_main():
+            self.save_checkpoint()
+            self.write_metrics()
+
+    def resume(self) -> None:
+        """Called on every process to continue a run: :meth:`load_checkpoint`, the main process first (it may
+        repair an interrupted save), then the others."""
+        dist.main_first(self.load_checkpoint)
 
     def close(self) -> None:
         """Close the run's environment pools (:meth:`train` does, when it returns or raises)."""

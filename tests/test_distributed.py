@@ -56,9 +56,14 @@ def free_port() -> int:
 
 
 def launch(args: list[str], dump: str | None = None, processes: int = 2, launcher: str = "accelerate",
-           timeout: int = 150) -> subprocess.CompletedProcess:
-    """``python -m gagpo <args>`` on ``processes`` CPU processes (1: plain python), run from the repository root."""
+           timeout: int = 150, config: str = dist.ACCELERATE_CONFIG, env_extra: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    """``python -m gagpo <args>`` on ``processes`` CPU processes (1: plain python), run from the repository root;
+    ``config``: accelerate's configuration file; ``env_extra``: more environment variables."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for var in [v for v in env if v.startswith(("ACCELERATE_", "FSDP_"))]:
+        env.pop(var)
+    env.update(env_extra or {})
     env.pop(dist.TIMEOUT_ENV, None)
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
@@ -69,7 +74,7 @@ def launch(args: list[str], dump: str | None = None, processes: int = 2, launche
     elif launcher == "accelerate":
         if ACCELERATE is None:
             pytest.skip("accelerate is not installed (pip install accelerate)")
-        cmd = [ACCELERATE, "launch", "--config_file", dist.ACCELERATE_CONFIG, "--num_processes", str(processes),
+        cmd = [ACCELERATE, "launch", "--config_file", config, "--num_processes", str(processes),
                "--main_process_port", str(free_port()), "-m", "gagpo", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
@@ -290,10 +295,15 @@ def test_tasks_per_iter_must_be_a_multiple_of_the_processes(monkeypatch):
     assert proc.returncode == 2 and "argument --tasks-per-iter: tasks_per_iter 3 is not divisible" in proc.stderr
 
 
-def test_fsdp_and_deepspeed_launches_are_refused(monkeypatch):
+def test_fsdp_outside_the_lm_trainer_and_deepspeed_launches_are_refused(monkeypatch):
+    """FSDP is refused unless the trainer accepted it (only the LM trainer does: tests/test_fsdp.py);
+    DeepSpeed always."""
+    monkeypatch.setattr(dist, "_FSDP_ACCEPTED", False)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(RuntimeError, match="FSDP"):
+    with pytest.raises(RuntimeError, match="FSDP .*which only the language-model trainer implements"):
         dist.check_launch()
+    monkeypatch.setattr(dist, "_FSDP_ACCEPTED", True)
+    dist.check_launch()  # the LM trainer accepted it
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "True")
     with pytest.raises(RuntimeError, match="DeepSpeed"):

@@ -129,6 +129,9 @@ class Actor:
         self.pad_token_id = pad_token_id
         self.autocast_dtype = autocast_dtype
         self.micro_batch_size = micro_batch_size
+        #: FSDP (:mod:`gagpo.llm.fsdp`): a forward pass of the sharded model is a collective, so every process
+        #: runs as many of them as the process with the most micro-batches (idle passes: :meth:`idle_pass`)
+        self.lockstep = False
 
     # ------------------------------------------------------------------ properties
     @property
@@ -200,6 +203,11 @@ class Actor:
                 if hidden:
                     hid_parts.append(hid)
                 rows += idx
+            if self.lockstep and model is self.model:  # FSDP: as many forward passes as the busiest process
+                from .. import distributed as dist
+
+                for _ in range(dist.all_max(-(-n // mb)) - (-(-n // mb))):
+                    self.idle_pass()
         inverse = torch.empty(n, dtype=torch.long)
         inverse[torch.as_tensor(rows, dtype=torch.long)] = torch.arange(n)
         inverse = inverse.to(self.device)
@@ -238,6 +246,15 @@ class Actor:
         inverse = torch.empty(n, dtype=torch.long)
         inverse[torch.as_tensor(order, dtype=torch.long)] = torch.arange(n)
         return torch.cat(parts)[inverse.to(self.device)]
+
+    def idle_pass(self) -> torch.Tensor:
+        """A forward pass of one token after a one-token prompt, returned as a zero scalar that depends on the
+        network (with gradient when grad is enabled): what a process with no row left runs while the others
+        score theirs, so that every process takes part in every collective of a sharded (FSDP) model; its
+        backward adds zero to every gradient."""
+        token = [self.pad_token_id]
+        logp, _, _ = self._score(self.model, [token], [token], 1.0, False)
+        return logp.sum() * 0.0
 
     def _score(self, model: Any, prompts: TokenRows, responses: TokenRows, temperature: float,
                entropy: bool, hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -131,6 +131,12 @@ class HFEngine:
         self._lora: list[tuple[torch.Tensor, Any]] = []               # (serving weight, peft LoRA layer)
         self._synced: tuple[int, ...] | None = None
         self.refreshes = 0
+        #: always keep a serving copy, even when the training weights already are the serving dtype (FSDP:
+        #: the training weights are sharded, generation needs whole ones; :mod:`gagpo.llm.fsdp` sets it)
+        self.always_copy = False
+        #: refreshing gathers sharded weights (a collective): it happens only when every process calls
+        #: :meth:`refresh`, never lazily inside :meth:`generate` (:mod:`gagpo.llm.fsdp` sets it)
+        self.collective_refresh = False
 
     # ------------------------------------------------------------------ the serving model
     @property
@@ -153,7 +159,7 @@ class HFEngine:
     def _build(self) -> Any:
         policy = self.policy
         weight = next(policy.model.parameters()).dtype
-        if not self.serving_copy or (not policy.is_lora and weight == self.serving_dtype):
+        if not self.serving_copy or (not policy.is_lora and weight == self.serving_dtype and not self.always_copy):
             return policy.model
         if policy.is_lora:
             layers = _lora_layers(policy.model)
@@ -164,8 +170,7 @@ class HFEngine:
             self._lora = [(params[f"{name}.weight"], layer) for name, layer in layers.items()]
         else:
             serve = copy.deepcopy(policy.model)
-            params = dict(serve.named_parameters())
-            self._pairs = [(params[name], p) for name, p in policy.model.named_parameters() if p.requires_grad]
+            self._pairs = self._pair_with(serve)
         serve.to(self.serving_dtype)
         serve.requires_grad_(False)
         serve.eval()
@@ -173,6 +178,19 @@ class HFEngine:
         # a full copy holds the current weights; merged adapters are recomputed by the first refresh in float32
         self._synced = None if self._lora else self._versions()
         return serve
+
+    def _pair_with(self, serve: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(serving weight, trainable weight)`` of every trainable weight, matched by name."""
+        params = dict(serve.named_parameters())
+        return [(params[name], p) for name, p in self.policy.model.named_parameters() if p.requires_grad]
+
+    def rebind(self) -> None:
+        """Pair the serving copy with the policy's current parameter objects, after something replaced them
+        (FSDP's ``fully_shard`` swaps every parameter for a sharded one of the same name)."""
+        if self._model is None or self._model is self.policy.model or self._lora:
+            raise RuntimeError("rebind() needs a built full serving copy (not LoRA, not the policy's own model)")
+        self._pairs = self._pair_with(self._model)
+        self._synced = self._versions()
 
     def _versions(self) -> tuple[int, ...]:
         """Version counters of the trainable tensors (every in-place change bumps them)."""
@@ -184,8 +202,10 @@ class HFEngine:
         model = self.model
         if model is self.policy.model:
             return
-        for dst, src in self._pairs:
-            dst.copy_(src)
+        from ..distributed import full_tensor
+
+        for dst, src in self._pairs:  # a sharded (FSDP) weight is gathered whole first: a collective
+            dst.copy_(full_tensor(src))
         for dst, layer in self._lora:
             w = layer.get_base_layer().weight
             delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
@@ -195,6 +215,9 @@ class HFEngine:
 
     def _refresh_if_stale(self) -> None:
         if self.model is not self.policy.model and self._versions() != self._synced:
+            if self.collective_refresh:  # gathering here, on one process, would wait forever for the others
+                raise RuntimeError("the serving copy is older than the sharded (FSDP) training weights: every "
+                                   "process must call policy.engine.refresh() after changing the weights")
             self.refresh()
 
     # ------------------------------------------------------------------ sampling

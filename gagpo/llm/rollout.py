@@ -153,7 +153,8 @@ def collect_lm(
     token_logp: list[np.ndarray] = []
     seq_logp = np.zeros(len(column("traj")))
     t0 = time.perf_counter()
-    if compute_logp and column("traj"):
+    # (under FSDP a process without rows still scores: the forward passes are collectives, gagpo.llm.fsdp)
+    if compute_logp and (column("traj") or getattr(getattr(policy, "actor", None), "lockstep", False)):
         with torch.no_grad():
             lp, mask = policy.token_logprobs(column("prompt_ids"), column("response_ids"),
                                              temperature=actor.sampling.temperature)

@@ -68,8 +68,17 @@ run may resume on another number of processes. Commands (accelerate's documented
         --tasks-per-iter 2 --group-size 2 --max-new-tokens 16 --iterations 2
     torchrun --nproc_per_node 2 -m gagpo train --model tiny --device cpu --threads 1 --tasks-per-iter 2 ...
 
-Not supported: FSDP and DeepSpeed (refused at start), accelerate's ``--mixed_precision`` (``--dtype``
-decides), and evaluation spread over the processes (the main one plays every held-out episode).
+FSDP (full-parameter training; :mod:`gagpo.llm.fsdp`): launched with ``gagpo/configs/accelerate_fsdp.yaml``
+(or ``ACCELERATE_USE_FSDP=true torchrun ...``), the same run with the weights, gradients and optimizer state
+sharded over the processes (FSDP2); the processes run their forward and backward passes in lockstep, generate
+with a whole serving copy gathered after every update, and the checkpoint is gathered whole::
+
+    accelerate launch --config_file gagpo/configs/accelerate_fsdp.yaml --num_processes 4 -m gagpo train \
+        --model Qwen/Qwen2.5-7B-Instruct --env alfworld --tasks-per-iter 16 --algo gagpo
+
+Not supported: DeepSpeed (refused at start), FSDP with LoRA, ``ppo`` or ``--engine hf-shared`` (refused at
+start), accelerate's ``--mixed_precision`` (``--dtype`` decides), and evaluation spread over the processes (the
+main one plays every held-out episode).
 """
 from __future__ import annotations
 
@@ -397,6 +406,16 @@ class LMTrainer(RunLoop):
             micro_batch_size=cfg.micro_batch_size, gen_batch_size=cfg.gen_batch_size, engine=cfg.engine, seed=cfg.seed)
         if cfg.kl_coef > 0 and not self.policy.has_reference():
             raise ValueError("kl_coef > 0 needs a reference policy: build the LMPolicy with lora=... or reference=True")
+        #: FSDP (gagpo.llm.fsdp): the weights, gradients and optimizer state sharded over the processes
+        self.fsdp = dist.fsdp_launched()
+        if self.fsdp:
+            from . import fsdp
+
+            dist.accept_fsdp()
+            fsdp.check_supported(cfg, get_estimator(cfg.algo).needs_critic)
+            settings = fsdp.fsdp_settings()
+            dist.broadcast_parameters(self.policy.parameters())  # the main process's weights, then sharded
+            fsdp.shard_policy(self.policy, settings)
         self.value_head = ValueHead.for_policy(self.policy) if get_estimator(cfg.algo).needs_critic else None
         groups = [{"params": self.policy.parameters(), "lr": cfg.learning_rate}]
         if self.value_head is not None:  # its own learning rate, no weight decay
@@ -414,7 +433,8 @@ class LMTrainer(RunLoop):
         self.eval_hook = eval_hook
         self.guard = NonFiniteGuard(cfg.max_nonfinite_steps)
         self._restarts_seen = 0  # ProcessEnvPool.n_restarts at the last iteration (worker_restarts metric)
-        dist.broadcast_parameters([p for _, p in self.named_trainable()])  # data-parallel: the main process's weights
+        if not self.fsdp:  # data-parallel: the main process's weights (FSDP: broadcast before sharding)
+            dist.broadcast_parameters([p for _, p in self.named_trainable()])
 
     @property
     def estimator_cfg(self) -> LMTrainConfig:
@@ -578,6 +598,7 @@ class LMTrainer(RunLoop):
         adv_ok = np.isfinite(np.asarray(advantages, dtype=np.float64))
         sums: dict[str, float] = {}
         ratio_min, ratio_max, grad_norms, steps, skipped, tokens = math.inf, -math.inf, [], 0, 0, 0
+        lockstep = self.fsdp  # FSDP: every process runs as many forward/backward passes as the busiest one
         self.policy.model.train()
         try:
             for _ in range(cfg.update_epochs):
@@ -594,10 +615,14 @@ class LMTrainer(RunLoop):
                                                         ("advantages", adv_ok)) if not ok[mb].all()), None)
                     mb_sums: dict[str, float] = {}
                     mb_ratio = (math.inf, -math.inf)
-                    for start in range(0, len(mb), cfg.micro_batch_size):
-                        if bad:
-                            break
-                        ii = mb[start:start + cfg.micro_batch_size].tolist()
+                    starts = list(range(0, len(mb), cfg.micro_batch_size))
+                    for k in range(dist.all_max(len(starts)) if lockstep else len(starts)):
+                        if bad or k >= len(starts):
+                            if not lockstep:
+                                break
+                            self.policy.actor.idle_pass().backward()  # zero gradients, the collectives taken part in
+                            continue
+                        ii = mb[starts[k]:starts[k] + cfg.micro_batch_size].tolist()
                         out = action_level_loss(
                             self.policy, [rollout.prompt_ids[i] for i in ii], [rollout.response_ids[i] for i in ii],
                             [rollout.token_logp[i] for i in ii], adv[ii],
@@ -617,7 +642,9 @@ class LMTrainer(RunLoop):
                             bad = bad or (None if math.isfinite(v) else "value loss")
                             mb_sums["value_loss"] = mb_sums.get("value_loss", 0.0) + share * v
                         if bad:
-                            break
+                            if lockstep:  # the others run this backward pass: take part (the step is skipped)
+                                (total * 0.0).backward()
+                            continue
                         total.backward()
                         for k in _DIAG_MEAN:
                             mb_sums[k] = mb_sums.get(k, 0.0) + weight * float(diag[k])
@@ -626,9 +653,10 @@ class LMTrainer(RunLoop):
                     bad = dist.agree(bad)  # one bad process skips the step everywhere
                     norm = math.nan
                     if not bad:  # the norm before clipping rescales anything; a NaN/inf anywhere makes it non-finite
-                        dist.sum_gradients(params)
-                        norm = float(torch.nn.utils.clip_grad_norm_(
-                            params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
+                        if not self.fsdp:  # (FSDP's backward passes already summed the gradients' shards)
+                            dist.sum_gradients(params)
+                        norm = float(dist.full_tensor(torch.nn.utils.clip_grad_norm_(
+                            params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)))
                         bad = None if math.isfinite(norm) else "gradients"
                     if bad:  # skip the step: no weight or optimizer-state change
                         self.optimizer.zero_grad(set_to_none=True)
@@ -646,6 +674,8 @@ class LMTrainer(RunLoop):
                     steps += 1
         finally:
             self.policy.model.eval()
+        if self.fsdp and steps:  # every process gathers the new weights into its serving copy, together
+            self.policy.engine.refresh()
         out: dict[str, Any] = {"optimizer_steps": steps, "nonfinite_steps": skipped, "update_tokens": dist.all_sum(tokens)}
         if steps:  # averages over the steps taken (value_loss: mean over minibatches)
             out.update({k: v / steps for k, v in sums.items()})
@@ -724,26 +754,72 @@ class LMTrainer(RunLoop):
         return named
 
     def check_weights_finite(self, what: str) -> None:
-        """Raise :class:`~gagpo.guard.NonFiniteError` when a trainable weight holds a NaN or an infinity."""
+        """Raise :class:`~gagpo.guard.NonFiniteError` when a trainable weight holds a NaN or an infinity
+        (under FSDP: on every process, when a shard of any process does; call it on every process)."""
+        if self.fsdp:
+            ok = all_finite(dist.local_tensor(p) for _, p in self.named_trainable())
+            if dist.all_min(int(ok)):
+                return
+            raise NonFiniteError(f"{what} hold non-finite values (NaN or inf) at iteration {self.iteration} (a shard "
+                                 f"of one of the processes); the last checkpoint in {self.run_dir} is kept as it was.")
         if not all_finite(p for _, p in self.named_trainable()):
             bad = [n for n, p in self.named_trainable() if not bool(torch.isfinite(p).all())][:5]
             raise NonFiniteError(f"{what} hold non-finite values (NaN or inf) in {', '.join(bad)} at iteration "
                                  f"{self.iteration}; the last checkpoint in {self.run_dir} is kept as it was.")
 
-    def save_checkpoint(self) -> None:
+    def checkpoint(self) -> None:
+        """:meth:`RunLoop.checkpoint`; under FSDP every process first gathers the whole weights and optimizer
+        state (:mod:`gagpo.llm.fsdp`), which the main process writes (an error there is raised on every process)."""
+        if not self.fsdp:
+            return super().checkpoint()
+        from . import fsdp
+
+        whole = (fsdp.full_model_state(self.policy.model), fsdp.full_optimizer_state(self.optimizer))
+
+        def write() -> None:
+            self.save_checkpoint(whole)
+            self.write_metrics()
+
+        dist.call_on_main(write)
+
+    def resume(self) -> None:
+        """:meth:`RunLoop.resume`; under FSDP the main process repairs an interrupted save, then every process
+        loads the checkpoint at once (loading into sharded weights is a collective)."""
+        if not self.fsdp:
+            return super().resume()
+        dist.call_on_main(self.repair_checkpoint)
+        self.load_checkpoint()
+
+    def save_checkpoint(self, whole: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> None:
         """Trainable weights (adapter or model; the value head for ``ppo``) + tokenizer + optimizer +
         iteration, replaced atomically. Refuses (:class:`~gagpo.guard.NonFiniteError`) to write
-        non-finite weights."""
-        self.check_weights_finite("refusing to write the checkpoint: the weights")
+        non-finite weights. Under FSDP, ``whole`` is the gathered ``(model state, optimizer state)`` of
+        :meth:`checkpoint` (the files are those of an unsharded run)."""
+        if self.fsdp and whole is None:
+            raise RuntimeError("under FSDP the weights are sharded: call checkpoint() on every process, which gathers "
+                               "them and has the main process write them")
+        if whole is None:
+            self.check_weights_finite("refusing to write the checkpoint: the weights")
+        else:
+            bad = [n for n, t in whole[0].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())][:5]
+            if bad:
+                raise NonFiniteError(f"refusing to write the checkpoint: the weights hold non-finite values (NaN or "
+                                     f"inf) in {', '.join(bad)} at iteration {self.iteration}; the last checkpoint in "
+                                     f"{self.run_dir} is kept as it was.")
         path = self.checkpoint_path()
         tmp = path + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:  # everything into checkpoint.tmp, trainer_state.json last (its presence marks a complete folder)
-            self.policy.save(tmp)
+            if whole is None:
+                self.policy.save(tmp)
+            else:  # the whole weights, in the format of Actor.save (save_pretrained)
+                os.makedirs(tmp, exist_ok=True)
+                self.policy.model.save_pretrained(tmp, state_dict=whole[0])
+                self.policy.tokenizer.save_pretrained(tmp)
             if self.value_head is not None:
                 self.value_head.save(tmp)
             with atomic_write(os.path.join(tmp, "optimizer.pt"), "wb") as fh:
-                torch.save(self.optimizer.state_dict(), fh)
+                torch.save(self.optimizer.state_dict() if whole is None else whole[1], fh)
             with atomic_write(os.path.join(tmp, "trainer_state.json")) as fh:
                 json.dump({"config": self.cfg.to_dict(), "iteration": self.iteration, "env_steps": self.env_steps,
                            "history": self.history}, fh)
@@ -761,13 +837,8 @@ class LMTrainer(RunLoop):
         checkpoint): it is moved back and restored, with a warning. A file that cannot be read raises
         :class:`~gagpo.rundir.RunDirError` naming it (:func:`gagpo.rundir.damaged`)."""
         path = self.checkpoint_path()
-        state_file, old = os.path.join(path, "trainer_state.json"), path + ".old"
-        if not os.path.exists(state_file) and os.path.exists(os.path.join(old, "trainer_state.json")):
-            warnings.warn(f"{path} is missing (a save was interrupted): resuming from the previous checkpoint, {old}",
-                          stacklevel=2)
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(old, path)
-        shutil.rmtree(path + ".tmp", ignore_errors=True)  # an interrupted save's unfinished folder
+        state_file = os.path.join(path, "trainer_state.json")
+        self.repair_checkpoint()
         if not os.path.exists(state_file):
             return False
         try:
@@ -780,6 +851,8 @@ class LMTrainer(RunLoop):
             raise damaged(state_file, exc) from exc
         self.check_resumable(state["config"], path)
         weights = os.path.join(path, "adapter_model.safetensors" if self.policy.is_lora else "model.safetensors")
+        if self.fsdp:
+            return self._load_sharded(path, weights, state)
         try:
             self.policy.load_trainable(path)
         except Exception as exc:  # noqa: BLE001 - truncated or foreign weights: name the file
@@ -798,6 +871,46 @@ class LMTrainer(RunLoop):
         except Exception as exc:  # noqa: BLE001
             raise damaged(optimizer_file, exc) from exc
         self.optimizer.load_state_dict(optimizer_state)
+        self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
+        return True
+
+    def repair_checkpoint(self) -> None:
+        """Undo an interrupted save: a lone ``checkpoint.old`` (the previous complete checkpoint) is moved back,
+        with a warning; an unfinished ``checkpoint.tmp`` is deleted."""
+        path = self.checkpoint_path()
+        state_file, old = os.path.join(path, "trainer_state.json"), path + ".old"
+        if not os.path.exists(state_file) and os.path.exists(os.path.join(old, "trainer_state.json")):
+            warnings.warn(f"{path} is missing (a save was interrupted): resuming from the previous checkpoint, {old}",
+                          stacklevel=2)
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(old, path)
+        shutil.rmtree(path + ".tmp", ignore_errors=True)  # an interrupted save's unfinished folder
+
+    def _load_sharded(self, path: str, weights: str, state: dict[str, Any]) -> bool:
+        """:meth:`load_checkpoint` under FSDP, on every process at once: the whole tensors are read and checked
+        on every process (the same files, the same verdict), each keeps its shard, the serving copies are
+        refreshed."""
+        from transformers import AutoModelForCausalLM
+
+        from . import fsdp
+
+        try:
+            dtype = dist.local_tensor(next(self.policy.model.parameters())).dtype
+            whole = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).state_dict()
+        except Exception as exc:  # noqa: BLE001 - truncated or foreign weights: name the file
+            raise damaged(weights, exc) from exc
+        check_finite_weights(list(whole.items()), f"the checkpoint {path}")
+        optimizer_file = os.path.join(path, "optimizer.pt")
+        try:
+            optimizer_state = torch.load(optimizer_file, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise damaged(optimizer_file, exc) from exc
+        try:
+            fsdp.load_full_model_state(self.policy.model, whole)
+        except ValueError as exc:
+            raise damaged(weights, exc) from exc
+        fsdp.load_full_optimizer_state(self.optimizer, optimizer_state)
+        self.policy.engine.refresh()
         self.iteration, self.env_steps, self.history = state["iteration"], state["env_steps"], state["history"]
         return True
 
@@ -875,5 +988,11 @@ def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,
     ``metrics.jsonl``, ``metrics.csv``, ``curves.png`` and the checkpoint). Checks the run directory
     (:func:`gagpo.rundir.check_start`; on the main process of a data-parallel run, whose error every
     process raises) before the model is loaded."""
+    if dist.fsdp_launched():  # this trainer implements FSDP (gagpo.llm.fsdp): refuse what it does not, before loading
+        from .fsdp import check_supported, fsdp_settings
+
+        dist.accept_fsdp()
+        check_supported(cfg, get_estimator(cfg.algo).needs_critic)
+        fsdp_settings()
     dist.call_on_main(check_start, cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return LMTrainer(cfg, policy=policy, eval_hook=eval_hook).train()

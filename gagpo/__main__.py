@@ -270,11 +270,11 @@ def sft_main(argv: list[str]) -> int:
     if history is None:
         return 1
     evals = [row for row in history if "eval_success" in row]
-    print(json.dumps({"iteration": history[-1]["iteration"] if history else 0, "loss": history[-1].get("loss"),
-                      "eval_success_before": evals[0]["eval_success"] if evals else None,
-                      "eval_success_after": evals[-1]["eval_success"] if evals else None}))
-    print(f"metrics, curves.png and checkpoint in {cfg.run_dir()}; the fine-tuned model in {cfg.model_dir()} "
-          f"(python -m gagpo train --model {cfg.model_dir()} ...)")
+    _report(json.dumps({"iteration": history[-1]["iteration"] if history else 0, "loss": history[-1].get("loss"),
+                        "eval_success_before": evals[0]["eval_success"] if evals else None,
+                        "eval_success_after": evals[-1]["eval_success"] if evals else None}),
+            f"metrics, curves.png and checkpoint in {cfg.run_dir()}; the fine-tuned model in {cfg.model_dir()} "
+            f"(python -m gagpo train --model {cfg.model_dir()} ...)")
     return 0
 
 

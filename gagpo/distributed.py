@@ -54,12 +54,16 @@ FSDP (the language-model trainer only, full-parameter training): a launch with a
 configuration (``gagpo/configs/accelerate_fsdp.yaml``, which sets ``ACCELERATE_USE_FSDP=true``), or
 ``torchrun`` with ``ACCELERATE_USE_FSDP=true`` in the environment, shards the trained weights, their
 gradients and the optimizer state over the processes with PyTorch's FSDP2 (``fully_shard``;
-:mod:`gagpo.llm.fsdp`). The toy trainer and ``sft`` refuse it (:func:`check_launch`), as every trainer
-refuses DeepSpeed.
+:mod:`gagpo.llm.fsdp`). The toy trainer and ``sft`` refuse it (:func:`check_launch`,
+:func:`gagpo.llm.sft.refuse_fsdp`), as every trainer refuses DeepSpeed.
+
+Behaviour cloning (``python -m gagpo sft``, :mod:`gagpo.llm.sft`) is data-parallel the same way: every
+process takes a disjoint share of each global batch of pairs, the loss is normalised by the batch's global
+number of response tokens, :func:`sum_gradients` adds the processes' gradients before clipping and the step.
 
 Not supported: DeepSpeed (refused with a message, :func:`check_launch`); FSDP outside the language-model
-trainer; ``accelerate launch --mixed_precision`` (the trainers' own ``--dtype`` decides; a warning says so);
-``python -m gagpo sft`` on several processes (refused).
+trainer (``sft`` refuses it); ``accelerate launch --mixed_precision`` (the trainers' own ``--dtype`` decides; a
+warning says so).
 """
 from __future__ import annotations
 

@@ -13,13 +13,18 @@ process write its rollout, targets, update diagnostics, weights and gradients of
   and gradients, the same weights after the update (float tolerance: the sums run in another order).
 
 Plus, in one process: the seam's functions are identities, the per-process arithmetic of sharding and
-seeds, the clear errors (``tasks_per_iter`` not a multiple of the processes, FSDP, SFT), and that every
-estimator declared ``group_local`` really is.
+seeds, the clear errors (``tasks_per_iter`` not a multiple of the processes, FSDP outside the LM trainer —
+``sft`` included —, an SFT batch smaller than the processes), and that every estimator declared
+``group_local`` really is.
+
+Behaviour cloning (``python -m gagpo sft``) on two processes: each takes its share of every batch, and its
+first step is the one-process step on the whole batch (the same loss, gradients and weights).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import socket
@@ -46,6 +51,12 @@ TOY_ARGS = ["train", "--env", "keydoor", "--env-kwargs", '{"size": 5, "min_solut
 LM_ARGS = ["train", "--model", "tiny", "--tasks-per-iter", "2", "--group-size", "2", "--max-steps", "3",
            "--max-new-tokens", "16", "--minibatch-size", "256", "--micro-batch-size", "4", "--eval-every", "2",
            "--eval-episodes", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
+#: behaviour cloning of the tiny model: 6 pairs per step (3 per process, micro-batches of 2), no clipping, so
+#: that the gradients compared below are the raw ones
+SFT_ARGS = ["sft", "--model", "tiny", "--env-kwargs", '{"level": 1}', "--batch-size", "6", "--micro-batch-size", "2",
+            "--n-train-tasks", "6", "--max-steps", "3", "--max-new-tokens", "8", "--eval-every", "2", "--eval-episodes",
+            "2", "--history", "0", "--lr", "1e-4", "--max-grad-norm", "0", "--device", "cpu",
+            "--no-gradient-checkpointing", "--threads", "1", "--no-progress"]
 
 
 # ---------------------------------------------------------------------- launching
@@ -281,6 +292,63 @@ def test_resume_on_another_number_of_processes(tmp_path):
     assert all(torch.equal(state["policy"][n.split(".", 1)[1]], w) for n, w in dumps[0]["weights"].items())
 
 
+@pytest.mark.slow
+def test_sft_on_two_processes_is_the_one_process_step_on_the_whole_batch(tmp_path, monkeypatch):
+    """``torchrun`` of ``python -m gagpo sft`` on two CPU processes: one run (its files written once by the main
+    process), each process a disjoint half of every batch, the first step equal to one process's on the whole
+    batch; then resumed on one process."""
+    pytest.importorskip("transformers")
+    run_dir, dump = str(tmp_path / "run"), str(tmp_path / "dump")
+    proc = launch([*SFT_ARGS, "--iterations", "2", "--out-dir", run_dir], dump=dump, launcher="torchrun")
+    rows = read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == [0, 1, 2] and all(r["world_size"] == 2 for r in rows)
+    assert "eval_success" in rows[0] and "eval_success" in rows[2]  # the main process evaluated
+    assert proc.stdout.count("checkpoint in") == 1 and proc.stdout.count('"eval_success_before"') == 1, proc.stdout
+    assert sorted(os.listdir(run_dir)) == ["checkpoint", "config.json", "curves.png", "metrics.csv", "metrics.jsonl",
+                                           "model"]  # no lock, no leftover .tmp folder
+    assert os.path.exists(os.path.join(run_dir, "model", "config.json"))
+    with open(os.path.join(run_dir, "checkpoint", "trainer_state.json")) as fh:
+        assert json.load(fh)["iteration"] == 2
+    for iteration in (1, 2):
+        assert_same_weights_on_every_process(load_dumps(dump, iteration))
+    dumps = load_dumps(dump, 1)
+    shares = [d["targets"]["pairs"] for d in dumps]
+
+    from gagpo.llm.sft import SFTConfig, SFTTrainer, sft
+
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        saved = json.load(fh)
+    single_dump = str(tmp_path / "single-dump")
+    monkeypatch.setenv("GAGPO_DUMP_ITERATIONS", single_dump)
+    trainer = SFTTrainer(SFTConfig(**{**saved, "out_dir": str(tmp_path / "single")}))
+    try:
+        batch = trainer.batch_indices(0).tolist()
+        assert len(shares[0]) == len(shares[1]) == 3 and not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == sorted(batch)  # disjoint halves of the one-process batch
+        before = {n: p.detach().clone() for n, p in trainer.named_trainable()}
+        row = trainer.step()
+    finally:
+        trainer.close()
+    monkeypatch.delenv("GAGPO_DUMP_ITERATIONS")
+    single = torch.load(os.path.join(single_dump, "rank0-iteration1.pt"), weights_only=False)
+    assert shares == [single["targets"]["pairs"][0::2], single["targets"]["pairs"][1::2]]  # dealt round-robin
+    assert rows[1]["response_tokens"] == row["response_tokens"]  # the global token count, on both
+    assert rows[1]["loss"] == pytest.approx(row["loss"], rel=1e-5)
+    assert rows[1]["grad_norm"] == pytest.approx(row["grad_norm"], rel=1e-4)
+    assert dumps[0]["update"]["loss_sum"] + dumps[1]["update"]["loss_sum"] == pytest.approx(row["loss"] * row["response_tokens"], rel=1e-5)
+    assert max(float(g.abs().max()) for g in single["grads"].values()) > 1e-3
+    assert_close_tensors(dumps[0]["grads"], single["grads"], rtol=1e-3, atol=1e-6, what="gradient")
+    assert max(float((single["weights"][n] - before[n]).abs().max()) for n in before) > 5e-5  # the step moved them
+    # 1% of the learning rate: AdamW's first step is about lr·sign(g) (see the toy test)
+    assert_close_tensors(dumps[0]["weights"], single["weights"], rtol=1e-4, atol=1e-6, what="weight after the step")
+
+    # resumed on one process (this one): the checkpoint of the two processes, one metrics file
+    history = sft(SFTConfig(**{**saved, "iterations": 3, "resume": True}))
+    assert [r["iteration"] for r in history] == [0, 1, 2, 3]
+    assert [r["world_size"] for r in read_metrics(run_dir)] == [2, 2, 2, 1]
+    assert read_metrics(run_dir)[:3] == rows and math.isfinite(history[-1]["loss"])
+
+
 # ---------------------------------------------------------------------- clear errors
 def test_tasks_per_iter_must_be_a_multiple_of_the_processes(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -310,15 +378,27 @@ def test_fsdp_outside_the_lm_trainer_and_deepspeed_launches_are_refused(monkeypa
         dist.check_launch()
 
 
-def test_behaviour_cloning_refuses_several_processes(monkeypatch):
+def test_behaviour_cloning_refuses_fsdp_and_batches_smaller_than_the_processes(monkeypatch, capsys):
     pytest.importorskip("transformers")
+    from gagpo.__main__ import main
     from gagpo.llm.sft import SFTConfig, SFTTrainer, sft
 
-    assert SFTTrainer.DATA_PARALLEL is False
-    cfg = SFTConfig(model="tiny", device="cpu")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="sft runs on one process"):
-        sft(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ConfigError, match="batch_size 2 is smaller than the 3 processes") as err:
+        SFTConfig(model="tiny", device="cpu", batch_size=2)
+    assert err.value.field == "batch_size"
+    with pytest.raises(SystemExit) as exc:  # the command line: an argument error
+        main(["sft", "--model", "tiny", "--batch-size", "2"])
+    assert exc.value.code == 2 and "argument --batch-size: batch_size 2 is smaller" in capsys.readouterr().err
+    cfg = SFTConfig(model="tiny", device="cpu", batch_size=7)
+    assert cfg.train_config().tasks_per_iter % 3 == 0  # RL's groups (unused by SFT) divide too: no error
+    # process 1 of 3 takes pairs 1, 4 of a batch of 7 (ranks 0, 2 take 0, 3, 6 and 2, 5)
+    assert SFTTrainer.rank_share(list(range(7))) == [1, 4]
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for start in (lambda: sft(cfg), lambda: SFTTrainer(cfg)):  # before any model is loaded
+        with pytest.raises(RuntimeError, match="sft was launched with FSDP .*only the RL trainer implements"):
+            start()
 
 
 # ---------------------------------------------------------------------- the seam in one process

@@ -137,8 +137,15 @@ def test_the_shared_settings_are_exported():
     assert {"EstimatorSettings", "RunSettings"} <= set(gagpo.__all__)
 
 
-def test_sft_reuses_trains_checks_and_fields():
-    assert SFTConfig.check is LMTrainConfig.check and SFTConfig.RESUMABLE is LMTrainConfig.RESUMABLE
+def test_sft_reuses_trains_checks_and_fields(monkeypatch):
+    assert SFTConfig.RESUMABLE is LMTrainConfig.RESUMABLE
+    # SFTConfig.check runs train's checks (float16 below), then its own (a batch per process, data-parallel)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(config.ConfigError, match="float16 on a CPU"):
+        SFTConfig(dtype="float16", device="cpu", batch_size=4)
+    with pytest.raises(config.ConfigError, match="batch_size 3 is smaller than the 4 processes"):
+        SFTConfig(device="cpu", batch_size=3)
+    monkeypatch.delenv("WORLD_SIZE")
     sft_fields = {f.name: f for f in dataclasses.fields(SFTConfig)}
     train_fields = {f.name: f for f in dataclasses.fields(LMTrainConfig)}
     assert sft_fields["dtype"].metadata == train_fields["dtype"].metadata  # copy_field: same constraints and help

@@ -42,6 +42,26 @@ after a seed-dependent number of steps. The committed measurement is ``bench lm-
 (:mod:`gagpo.llm.learning`: 400 steps with history 0, held-out greedy success 0.00 → 0.67,
 ``figures/lm_learning.md``).
 
+Data parallel (:mod:`gagpo.distributed`): launched on N processes (``accelerate launch`` with
+``gagpo/configs/accelerate_multi_gpu.yaml``, or ``torchrun``), one run takes the steps that one
+process would take (no speed-up is measured here: no GPU). Every process plays the expert episodes itself (they are deterministic) and draws the
+same global batch of ``batch_size`` pairs for step ``k``; the batch, sorted by length, is dealt out
+round-robin (pair ``j`` to process ``j mod N``: disjoint shares of near-equal token counts, every
+process at least one pair — ``batch_size`` must be at least N), each process adds up the gradients of
+its share's negative log-likelihood divided by the *global* number of response tokens of the batch,
+and :func:`gagpo.distributed.sum_gradients` adds them up over the processes before clipping and the
+AdamW step — the step of one process on the whole batch, up to the order of floating-point additions.
+A step whose log-probs or gradients hold a NaN on any process is skipped on every process. The main
+process alone evaluates (iteration 0 and every ``eval_every`` steps; the others wait for it), writes
+the metrics (with a ``world_size`` column), curves, checkpoint and ``<out_dir>/model``, and shows the
+progress bar. The checkpoint holds the whole state (every process holds the same weights and optimizer
+state), and the batch of step ``k`` does not depend on N: ``--resume`` works with the same or another
+number of processes. FSDP is the RL trainer's only (``sft`` refuses an FSDP launch)::
+
+    accelerate launch --config_file gagpo/configs/accelerate_multi_gpu.yaml --num_processes 4 \
+        -m gagpo sft --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --batch-size 32 ...
+    torchrun --nproc_per_node 2 -m gagpo sft --model tiny --device cpu ...   # CPUs: two processes over gloo
+
 With a GPU and the ALFWorld data (``alfworld-download``), the warm start for the README's RL recipe
 (not run here: no GPU was available; the games must carry a stored walkthrough, which this
 repository's fixture games do)::
@@ -60,21 +80,25 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 import torch
 
-from ..config import BaseConfig, copy_field, setting
+from .. import distributed as dist
+from ..config import BaseConfig, ConfigError, copy_field, setting
 from ..guard import all_finite
 from ..rollout import make_env_fn
 from ..rundir import check_start, replace_dir
-from ..runloop import TRAIN_SEED_RANGE
+from ..runloop import DUMP_ENV, TRAIN_SEED_RANGE
 from .experts import DEFAULT_THOUGHT, ExpertEpisode, SFTExample, expert_episodes, expert_examples
 from .policy import LMPolicy
 from .train import LMTrainConfig, LMTrainer
 
-__all__ = ["SFTConfig", "SFTTrainer", "sft", "as_in_train", "MODEL_DIR", "EXPERT_STEP_LIMIT", "build_parser"]
+__all__ = ["SFTConfig", "SFTTrainer", "sft", "as_in_train", "refuse_fsdp", "MODEL_DIR", "EXPERT_STEP_LIMIT",
+           "build_parser"]
+
+T = TypeVar("T")
 
 EXPERT_STEP_LIMIT = 1000
 """Step limit of the expert's episodes (an expert finishes long before)."""
@@ -166,7 +190,15 @@ class SFTConfig(BaseConfig):
     learning_rate = LMTrainConfig.learning_rate  # lora_lr with LoRA, else lr
     eval_split_names = LMTrainConfig.eval_split_names  # eval_splits, with 'auto' resolved from the environment
     run_name = LMTrainConfig.run_name  # <env>-<model>
-    check = LMTrainConfig.check  # train's cross-field checks: eval_episodes (without splits), dtype against the device
+
+    def check(self) -> None:
+        """Train's cross-field checks (eval_episodes without splits, dtype against the device), and, in a
+        data-parallel run, at least one pair of each batch per process (``batch_size`` ≥ the processes)."""
+        LMTrainConfig.check(self)
+        if self.batch_size < dist.world_size():
+            raise ConfigError("batch_size", f"batch_size {self.batch_size} is smaller than the {dist.world_size()} "
+                                            f"processes of this data-parallel run: every process takes at least one "
+                                            f"pair of each batch; use a batch size of at least {dist.world_size()}")
 
     @property
     def algo(self) -> str:
@@ -185,7 +217,20 @@ class SFTConfig(BaseConfig):
         settings (no KL penalty: behaviour cloning needs no reference model)."""
         shared = ({f.name for f in dataclasses.fields(LMTrainConfig)} & {f.name for f in dataclasses.fields(self)}
                   - {"out_dir", "n_train_tasks"})
-        return LMTrainConfig(**{name: getattr(self, name) for name in shared}, kl_coef=0.0, out_dir=self.run_dir())
+        # tasks_per_iter (RL's rollout groups; SFT plays none) only has to divide over the processes
+        groups = {"tasks_per_iter": dist.world_size()} if dist.is_distributed() else {}
+        return LMTrainConfig(**{name: getattr(self, name) for name in shared}, kl_coef=0.0, out_dir=self.run_dir(),
+                             **groups)
+
+
+def refuse_fsdp() -> None:
+    """``RuntimeError`` when this run was launched for FSDP on several processes: ``sft`` is data-parallel
+    (a whole copy of the model per process, gradients summed), FSDP is the RL trainer's only."""
+    if dist.fsdp_launched():
+        raise RuntimeError("python -m gagpo sft was launched with FSDP (ACCELERATE_USE_FSDP), which only the RL "
+                           "trainer implements (python -m gagpo train --model ...); sft runs data-parallel, a whole "
+                           "copy of the model per process: launch it with gagpo/configs/accelerate_multi_gpu.yaml, "
+                           "`accelerate launch --multi_gpu` or torchrun, without ACCELERATE_USE_FSDP")
 
 
 class SFTTrainer(LMTrainer):
@@ -198,14 +243,14 @@ class SFTTrainer(LMTrainer):
             ``0 .. n_train_tasks - 1`` (:meth:`expert_data`), rendered for the policy.
         eval_hook, eval_pool: as in :class:`~gagpo.llm.train.LMTrainer`.
 
-    Runs on one process: behaviour cloning is not data-parallel (:attr:`DATA_PARALLEL`; a launch on
-    several processes is refused).
+    Data-parallel on several processes (:mod:`gagpo.distributed`; the module docstring): every process
+    builds the same trainer, takes its share of each batch (:meth:`rank_share`), and the gradients are
+    summed over the processes; an FSDP launch is refused (:func:`refuse_fsdp`).
     """
-
-    DATA_PARALLEL = False  # its step() sums no gradients over processes (gagpo.distributed)
 
     def __init__(self, cfg: SFTConfig, policy: LMPolicy | None = None, examples: Sequence[SFTExample] | None = None,
                  eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None, eval_pool: Any | None = None):
+        refuse_fsdp()  # before the RL trainer's __init__, which would accept it
         self.rl_cfg = cfg.train_config()
         super().__init__(self.rl_cfg, policy=policy, eval_hook=eval_hook, eval_pool=eval_pool)
         self.cfg = cfg  # the RL configuration built the model, the environments and the optimizer; SFT's from here on
@@ -247,6 +292,13 @@ class SFTTrainer(LMTrainer):
             out.append(self._perms[epoch][pos % n])
         return np.asarray(out, dtype=np.int64)
 
+    @staticmethod
+    def rank_share(batch: Sequence[T]) -> list[T]:
+        """This process's pairs (or indices) of a global ``batch`` (sorted by length): every N-th, from its rank on
+        (all of them, in their order, in one process). The shares of the processes are disjoint and
+        cover the batch; dealt round-robin, they hold similar numbers of tokens."""
+        return list(batch[dist.rank()::dist.world_size()])
+
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based)."""
         base = self.cfg.learning_rate
@@ -256,14 +308,22 @@ class SFTTrainer(LMTrainer):
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, Any]:
-        """One optimizer step of cross-entropy on the response tokens of one batch of pairs."""
+        """One optimizer step of cross-entropy on the response tokens of one batch of pairs.
+
+        Data-parallel: this process's share of the batch (:meth:`rank_share`), its loss divided by the
+        whole batch's number of response tokens, the gradients summed over the processes before
+        clipping (:func:`gagpo.distributed.sum_gradients`); a step that is bad on one process is skipped
+        on all (:func:`gagpo.distributed.agree`); the loss is the whole batch's."""
         cfg = self.cfg
         k = self.iteration
         self.iteration += 1
         t0 = time.perf_counter()
-        batch = [self.examples[i] for i in self.batch_indices(k)]
-        batch.sort(key=lambda ex: len(ex.prompt_ids) + len(ex.response_ids))  # similar lengths share a micro-batch
-        n_tokens = sum(len(ex.response_ids) for ex in batch)
+        examples = self.examples
+        order = sorted(self.batch_indices(k).tolist(),  # similar lengths share a micro-batch (a stable sort)
+                       key=lambda i: len(examples[i].prompt_ids) + len(examples[i].response_ids))
+        batch = [examples[i] for i in order]
+        n_tokens = sum(len(ex.response_ids) for ex in batch)  # the whole batch's, on every process
+        share = [examples[i] for i in self.rank_share(order)]
         lr = self.lr_at(k)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -274,9 +334,10 @@ class SFTTrainer(LMTrainer):
         self.policy.model.train()
         try:
             with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(int(np.random.default_rng([cfg.seed, k, 5]).integers(2**62)))  # dropout, if any
-                for start in range(0, len(batch), cfg.micro_batch_size):
-                    part = batch[start:start + cfg.micro_batch_size]
+                # dropout, if any (each process its own stream: dist.seed_key)
+                torch.manual_seed(int(np.random.default_rng(dist.seed_key(cfg.seed, k, 5)).integers(2**62)))
+                for start in range(0, len(share), cfg.micro_batch_size):
+                    part = share[start:start + cfg.micro_batch_size]
                     logp, mask = self.policy.token_logprobs([ex.prompt_ids for ex in part], [ex.response_ids for ex in part],
                                                             grad=True, micro_batch_size=len(part))
                     if not all_finite([logp.detach()[mask]]):
@@ -285,7 +346,9 @@ class SFTTrainer(LMTrainer):
                     part_nll = -logp[mask].sum()  # the response tokens only (EOS included)
                     (part_nll / n_tokens).backward()
                     nll += float(part_nll.detach())
+            bad = dist.agree(bad)  # one bad process skips the step everywhere
             if not bad:
+                dist.sum_gradients(params)  # every process's share: the whole batch's gradient
                 norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
                 bad = None if math.isfinite(norm) else "gradients"
             if bad:  # skip the step: no weight or optimizer-state change
@@ -293,16 +356,20 @@ class SFTTrainer(LMTrainer):
             else:
                 self.guard.good()
                 self.optimizer.step()
+                if os.environ.get(DUMP_ENV):  # test hook: weights and (summed, clipped) gradients after the step
+                    self.dump_iteration(os.environ[DUMP_ENV], None, {"pairs": self.rank_share(order)},
+                                        {"loss_sum": nll, "grad_norm": norm})
         finally:
             self.optimizer.zero_grad(set_to_none=True)
             self.policy.model.eval()
         row: dict[str, Any] = {
             "iteration": self.iteration, "epoch": self.iteration * cfg.batch_size / len(self.examples), "env_steps": 0,
             "lr": lr, "nonfinite_steps": int(bad is not None), "response_tokens": n_tokens,
-            "time_step": time.perf_counter() - t0,
+            "time_step": dist.all_max(time.perf_counter() - t0),  # the slowest process's
+            "world_size": dist.world_size(),
         }
         if not bad:
-            row.update(loss=nll / n_tokens, grad_norm=norm)
+            row.update(loss=dist.all_sum(nll) / n_tokens, grad_norm=norm)  # the whole batch's
         return self.record(row)
 
     # ------------------------------------------------------------------ evaluation, the loop
@@ -317,11 +384,13 @@ class SFTTrainer(LMTrainer):
 
     def run_iterations(self) -> None:
         """Evaluate the starting model (iteration 0, on a fresh run), run the steps
-        (:meth:`gagpo.trainer.RunLoop.run_iterations`: progress bar, checkpoints), then :meth:`export`."""
-        if not self.history and self.cfg.eval_every:
-            self.history.append({"iteration": 0, "epoch": 0.0, "env_steps": 0, **self.evaluate()})
+        (:meth:`gagpo.trainer.RunLoop.run_iterations`: progress bar, checkpoints), then :meth:`export`.
+        Data-parallel: the main process evaluates and exports (its errors are raised on every process)."""
+        if not self.history and self.cfg.eval_every and dist.is_main():
+            self.history.append({"iteration": 0, "epoch": 0.0, "env_steps": 0, **self.evaluate(),
+                                 "world_size": dist.world_size()})
         super().run_iterations()
-        self.export()
+        dist.call_on_main(self.export)
 
     def export(self, path: str | None = None) -> str:
         """Write the fine-tuned model and its tokenizer to ``path`` (default ``<run_dir>/model``), replacing
@@ -369,14 +438,10 @@ def sft(cfg: SFTConfig, policy: LMPolicy | None = None, examples: Sequence[SFTEx
         eval_hook: Callable[[LMTrainer], dict[str, float]] | None = None) -> list[dict[str, Any]]:
     """Run (or, with ``cfg.resume``, continue) behaviour cloning; returns the metrics history (also in
     ``cfg.run_dir()``), the fine-tuned model in ``cfg.model_dir()``. Checks the run directory
-    (:func:`gagpo.rundir.check_start`) before the model is loaded. One process only (``RuntimeError``
-    under a launcher of several: behaviour cloning is not data-parallel)."""
-    from .. import distributed
-
-    if distributed.is_distributed():
-        raise RuntimeError(f"python -m gagpo sft runs on one process; this launch has {distributed.world_size()} "
-                           f"(data-parallel behaviour cloning is not implemented): run it without accelerate/torchrun")
-    check_start(cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
+    (:func:`gagpo.rundir.check_start`; on the main process of a data-parallel run, whose error every
+    process raises) before the model is loaded. An FSDP launch is a ``RuntimeError`` (:func:`refuse_fsdp`)."""
+    refuse_fsdp()
+    dist.call_on_main(check_start, cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return SFTTrainer(cfg, policy=policy, examples=examples, eval_hook=eval_hook).train()
 
 
@@ -402,7 +467,10 @@ def build_parser():
             "      --max-new-tokens 32 --no-gradient-checkpointing --out-dir runs/sft-tiny   # MiniHousehold level 1, CPU, minutes\n"
             "  python -m gagpo train --model runs/sft-tiny/model --env-kwargs '{\"level\": 1}' --max-new-tokens 32\n"
             "  python -m gagpo sft --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --iterations 1000 \\\n"
-            "      --batch-size 32 --out-dir runs/sft-qwen1.5b          # then: train --model runs/sft-qwen1.5b/model"),
+            "      --batch-size 32 --out-dir runs/sft-qwen1.5b          # then: train --model runs/sft-qwen1.5b/model\n"
+            "  accelerate launch --config_file gagpo/configs/accelerate_multi_gpu.yaml --num_processes 4 -m gagpo sft \\\n"
+            "      --model Qwen/Qwen2.5-1.5B-Instruct --env alfworld --lora-r 16 --batch-size 32   # data-parallel on 4 GPUs\n"
+            "      (gagpo.distributed: each process takes its share of every batch; torchrun works too)"),
     )
     add_dataclass_arguments(parser, SFTConfig)
     return parser

@@ -331,3 +331,19 @@ def test_hung_worker_times_out_and_is_restarted(sabotaged_pool):
 def test_pool_rejects_an_unpicklable_factory():
     with pytest.raises(TypeError, match="picklable"):
         ProcessEnvPool(lambda: make())
+
+
+def test_the_engine_leaves_sys_argv_alone(monkeypatch):
+    """ALFWorld's planner sets ``sys.argv`` to ['translate.py', 'domain', 'task'] in the calling process; the
+    environment restores it around every engine call, so a program can parse its arguments after stepping."""
+    argv = ["prog", "--flag", "value"]
+    monkeypatch.setattr(sys, "argv", argv)
+    fresh = AlfworldEnv(data_dir=FIXTURES_DIR, split="valid_seen")   # a new engine: the planner runs on this load
+    try:
+        fresh.reset(seed=1)
+        assert sys.argv is argv and argv == ["prog", "--flag", "value"]
+        fresh.step(fresh.walkthrough()[0])
+        fresh.reset(seed=2)
+        assert sys.argv is argv and argv == ["prog", "--flag", "value"]
+    finally:
+        fresh.close()

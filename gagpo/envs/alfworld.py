@@ -26,12 +26,14 @@ Importing this module does not import alfworld; constructing an :class:`Alfworld
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import string
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Iterator, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -168,6 +170,19 @@ def _import_engine(data_dir: Path):
 
 
 # -------------------------------------------------------------------------- the environment
+@contextlib.contextmanager
+def _keep_argv() -> Iterator[None]:
+    """Restore ``sys.argv`` afterwards: the ALFWorld engine's planner (Fast Downward's ``translate``) sets
+    ``sys.argv = ['translate.py', 'domain', 'task']`` in the calling process, which would break any later
+    ``argparse`` call of the program that steps the environment."""
+    argv, saved = sys.argv, list(sys.argv)
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        argv[:] = saved
+
+
 class AlfworldEnv(gym.Env):
     """One ALFWorld game at a time, played by the real engine, with the ``toy_envs`` protocol.
 
@@ -270,7 +285,8 @@ class AlfworldEnv(gym.Env):
             # Downward's 34 MB shared library (the library keeps global state), never unloaded.
             self._game = self._Demangler()(self._PddlEnv(self._request_infos))
         self._loaded = None
-        self._game.load(data)  # a dict: TextWorld's own file loading leaves the file open
+        with _keep_argv():
+            self._game.load(data)  # a dict: TextWorld's own file loading leaves the file open
         self._loaded, self._walkthrough, self._task_type = game_file, data.get("walkthrough"), task_type
 
     # --------------------------------------------------------------------------- gym API
@@ -284,7 +300,8 @@ class AlfworldEnv(gym.Env):
             task_seed = int(self.np_random.integers(self.n_games))
         self.task_seed = task_seed
         self._load(self.game_files[task_seed % self.n_games])
-        self._state = self._game.reset()
+        with _keep_argv():
+            self._state = self._game.reset()
         self._obs = self._state.feedback
         self._task = self._obs.rsplit("Your task is to: ", 1)[-1].strip() if "Your task is to: " in self._obs else ""
         self._done = False
@@ -299,7 +316,8 @@ class AlfworldEnv(gym.Env):
             return self._obs, 0.0, True, False, self._info("The episode is over; call reset().", invalid=False)
         if command is None:
             return self._obs, 0.0 - self.invalid_penalty, False, False, self._info(_NOTHING_HAPPENS, invalid=True)
-        self._state, _, _ = self._game.step(command)
+        with _keep_argv():
+            self._state, _, _ = self._game.step(command)
         self._obs = self._state.feedback
         won = bool(self._state["won"])
         self._done = won

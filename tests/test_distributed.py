@@ -143,6 +143,36 @@ def assert_close_tensors(got: dict, expected: dict, rtol: float, atol: float, wh
         torch.testing.assert_close(got[name], e, rtol=rtol, atol=atol, msg=lambda m: f"{what} {name}: {m}")
 
 
+def replay_lm_update(run_dir: str, out_dir: str, dumps: list, keys, adv_tol=(1e-6, 1e-9)):
+    """One LM trainer process, built from the run's saved configuration, takes the first update on the union of
+    the processes' dumped groups (:func:`single_process_update`); checks that its advantages (``adv_tol`` =
+    rtol, atol) and its update diagnostics ``keys`` equal the processes' (which agree with each other), that
+    the update counted the same tokens and that it moved the weights; returns ``(targets, before, after, grads)``
+    of the one-process step."""
+    from gagpo.llm.train import LMTrainConfig, LMTrainer
+
+    with open(os.path.join(run_dir, "config.json")) as fh:
+        saved = json.load(fh)
+    trainer = LMTrainer(LMTrainConfig(**{**saved, "out_dir": out_dir}))
+    try:
+        before = {n: p.detach().clone() for n, p in trainer.named_trainable()}
+        targets, upd = single_process_update(trainer, dumps)
+        adv = np.concatenate([d["targets"]["advantages"] for d in dumps])
+        np.testing.assert_allclose(adv, targets["advantages"], rtol=adv_tol[0], atol=adv_tol[1])
+        assert np.std(adv) > 0  # something to learn from
+        for key in keys:
+            assert dumps[0]["update"][key] == dumps[1]["update"][key]
+            assert dumps[0]["update"][key] == pytest.approx(upd[key], rel=1e-4, abs=1e-6), key
+        assert dumps[0]["update"]["update_tokens"] == upd["update_tokens"]
+        after = {n: p.detach().clone() for n, p in trainer.named_trainable()}
+        grads = {n: p.grad.detach().clone() for n, p in trainer.named_trainable() if p.grad is not None}
+    finally:
+        trainer.close()
+    assert max(float((after[n] - before[n]).abs().max()) for n in before) > 5e-5  # AdamW moved the weights (lr 1e-4)
+    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
+    return targets, before, after, grads
+
+
 def single_process_update(trainer, dumps: list[dict]) -> tuple[dict, dict]:
     """The first iteration of a one-process ``trainer`` (built with the run's configuration: the same initial
     weights) on the union of the processes' rollouts: its targets and update diagnostics."""
@@ -243,29 +273,10 @@ def test_lm_tiny_on_two_processes_is_the_one_process_update_on_the_union(tmp_pat
     assert rows[0]["update_tokens"] == sum(int(sum(len(p) + len(r) for p, r in zip(d["rollout"].prompt_ids, d["rollout"].response_ids)))
                                            for d in dumps)
 
-    from gagpo.llm.train import LMTrainConfig, LMTrainer
-
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        saved = json.load(fh)
-    trainer = LMTrainer(LMTrainConfig(**{**saved, "out_dir": str(tmp_path / "single")}))
-    try:
-        before = {n: p.detach().clone() for n, p in trainer.named_trainable()}
-        targets, upd = single_process_update(trainer, dumps)
-        adv = np.concatenate([d["targets"]["advantages"] for d in dumps])
-        np.testing.assert_allclose(adv, targets["advantages"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(np.concatenate([d["targets"]["returns"] for d in dumps]), targets["returns"],
-                                   rtol=1e-6, atol=1e-9)
-        assert np.std(adv) > 0
-        for key in ("loss", "policy_loss", "kl_ref", "value_loss", "ratio_mean", "grad_norm"):
-            assert dumps[0]["update"][key] == dumps[1]["update"][key]
-            assert dumps[0]["update"][key] == pytest.approx(upd[key], rel=1e-4, abs=1e-6), key
-        assert dumps[0]["update"]["update_tokens"] == upd["update_tokens"]
-        after = {n: p.detach().clone() for n, p in trainer.named_trainable()}
-        grads = {n: p.grad.detach().clone() for n, p in trainer.named_trainable() if p.grad is not None}
-    finally:
-        trainer.close()
-    assert max(float((after[n] - before[n]).abs().max()) for n in before) > 5e-5  # AdamW moved the weights (lr 1e-4)
-    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
+    targets, before, after, grads = replay_lm_update(run_dir, str(tmp_path / "single"), dumps,
+                                                     ("loss", "policy_loss", "kl_ref", "value_loss", "ratio_mean", "grad_norm"),
+                                                     adv_tol=(1e-6, 1e-9))
+    np.testing.assert_allclose(np.concatenate([d["targets"]["returns"] for d in dumps]), targets["returns"], rtol=1e-6, atol=1e-9)
     assert_close_tensors(dumps[0]["grads"], grads, rtol=1e-3, atol=1e-6, what="gradient")
     # 1% of the learning rate: AdamW's first step is about lr·sign(g) (see the toy test)
     assert_close_tensors(dumps[0]["weights"], after, rtol=1e-4, atol=1e-6, what="weight after the update")

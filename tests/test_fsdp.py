@@ -9,17 +9,14 @@ optimizer state it saved. Plus the clear refusals of what FSDP does not implemen
 """
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
 import gagpo.distributed as dist
 
-from .test_distributed import (LM_ARGS, assert_close_tensors, check_one_run, launch, load_dumps, read_metrics,
-                               single_process_update)
+from .test_distributed import LM_ARGS, assert_close_tensors, check_one_run, launch, load_dumps, read_metrics, replay_lm_update
 
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true"}  # what accelerate's FSDP config sets; by hand before torchrun
 #: gagpo with a KL penalty: a reference copy scored on every process; lr 1e-4 so that the update shows
@@ -57,31 +54,13 @@ def test_lm_fsdp_on_two_processes_is_the_one_process_update_on_the_union(tmp_pat
     assert int(first["step"]) == 2  # one optimizer step per iteration (one minibatch)
 
     from gagpo.llm.policy import LMPolicy
-    from gagpo.llm.train import LMTrainConfig, LMTrainer
 
     loaded = LMPolicy.from_pretrained(os.path.join(run_dir, "checkpoint"), device="cpu")  # train --model <checkpoint>
     for name, p in loaded.model.named_parameters():
         assert torch.equal(p.detach(), last[name]), name
 
-    with open(os.path.join(run_dir, "config.json")) as fh:
-        cfg = json.load(fh)
-    trainer = LMTrainer(LMTrainConfig(**{**cfg, "out_dir": str(tmp_path / "single")}))
-    try:
-        before = {n: p.detach().clone() for n, p in trainer.named_trainable()}
-        targets, upd = single_process_update(trainer, dumps)
-        adv = np.concatenate([d["targets"]["advantages"] for d in dumps])
-        np.testing.assert_allclose(adv, targets["advantages"], rtol=1e-9, atol=1e-12)
-        assert np.std(adv) > 0  # something to learn from
-        for key in ("loss", "policy_loss", "kl_ref", "ratio_mean", "grad_norm"):
-            assert dumps[0]["update"][key] == dumps[1]["update"][key]
-            assert dumps[0]["update"][key] == pytest.approx(upd[key], rel=1e-4, abs=1e-6), key
-        assert dumps[0]["update"]["update_tokens"] == upd["update_tokens"]
-        after = {n: p.detach().clone() for n, p in trainer.named_trainable()}
-        grads = {n: p.grad.detach().clone() for n, p in trainer.named_trainable() if p.grad is not None}
-    finally:
-        trainer.close()
-    assert max(float((after[n] - before[n]).abs().max()) for n in before) > 5e-5  # AdamW moved the weights
-    assert max(float(g.abs().max()) for g in grads.values()) > 1e-3
+    _, _, after, grads = replay_lm_update(run_dir, str(tmp_path / "single"), dumps,
+                                          ("loss", "policy_loss", "kl_ref", "ratio_mean", "grad_norm"), adv_tol=(1e-9, 1e-12))
     for d in dumps:  # every process gathered the same whole gradients and weights
         assert_close_tensors(d["grads"], grads, rtol=1e-3, atol=1e-6, what=f"gradient (process {d['rank']})")
         # AdamW's first step is about lr·g/(|g| + eps): where a gradient is ~0 by cancellation (|g| ~ eps), the

@@ -176,8 +176,12 @@ class Trainer(RunLoop):
         self.reference = None if reference is None else copy.deepcopy(self.policy if reference == "initial" else reference)
         if self.reference is not None:
             self.reference.requires_grad_(False)
-        #: a reference is scored on every rollout (RunLoop.step: time_reference, targets["ref_logp"]) only when there is one
-        self.SCORES_REFERENCE = self.reference is not None
+
+    @property
+    def SCORES_REFERENCE(self) -> bool:  # noqa: N802 - RunLoop's class flag, derived here from the run
+        """A reference is scored on every rollout (RunLoop.step: ``time_reference``, ``targets["ref_logp"]``)
+        only when the run has one."""
+        return self.reference is not None
 
     # ------------------------------------------------------------------ seeds
     def action_generator(self, iteration: int) -> torch.Generator:

@@ -101,6 +101,17 @@ def check_supported(cfg: Any, needs_critic: bool) -> None:
                          "not for " + "; ".join(problems))
 
 
+def accept(cfg: Any, needs_critic: bool) -> FSDPSettings:
+    """The language-model trainer takes this FSDP launch (:func:`gagpo.distributed.accept_fsdp`) after
+    :func:`check_supported` and :func:`fsdp_settings` found nothing it does not implement; returns the settings."""
+    from .. import distributed as dist
+
+    check_supported(cfg, needs_critic)
+    settings = fsdp_settings()
+    dist.accept_fsdp()
+    return settings
+
+
 def is_sharded(policy: Any) -> bool:
     """Whether ``policy``'s model was sharded by :func:`shard_policy`."""
     from torch.distributed.fsdp import FSDPModule

@@ -237,10 +237,6 @@ def sampled_cost(jobs: Sequence[tuple[str, str]]) -> tuple[int, float, float]:
     return n, wall, cpu
 
 
-def _sampled_job(prof: LearningProfile, model_dir: str, cache_path: str, root: str) -> dict[str, float]:
-    return sampled_evaluation(prof, model_dir, cache_path, root)
-
-
 def sampled_evaluations(prof: LearningProfile, jobs: Sequence[tuple[str, str]], root: str, workers: int = 2,
                         compute: bool = True) -> list[dict[str, float] | None]:
     """:func:`sampled_evaluation` of every ``(model_dir, cache_path)`` in ``jobs``, ``workers`` processes
@@ -258,7 +254,7 @@ def sampled_evaluations(prof: LearningProfile, jobs: Sequence[tuple[str, str]], 
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        for i, res in zip(todo, ex.map(_sampled_job, [prof] * len(todo), [jobs[i][0] for i in todo],
+        for i, res in zip(todo, ex.map(sampled_evaluation, [prof] * len(todo), [jobs[i][0] for i in todo],
                                        [jobs[i][1] for i in todo], [root] * len(todo))):
             out[i] = res
     return out

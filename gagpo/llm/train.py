@@ -97,7 +97,7 @@ import torch
 from .. import distributed as dist
 from ..config import BaseConfig, ConfigError, EstimatorSettings, check_eval_episodes, env_keywords, setting, shared
 from ..envs.factory import EnvFactory
-from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights
+from ..guard import NonFiniteError, NonFiniteGuard, all_finite, check_finite_weights, nonfinite_names
 from ..losses import AGGREGATIONS, ppo_clip_loss, value_loss
 from ..rollout import EnvPool, make_env_fn
 from ..rundir import RunDirError, atomic_write, check_start, damaged, replace_dir, write_error
@@ -411,9 +411,7 @@ class LMTrainer(RunLoop):
         if self.fsdp:
             from . import fsdp
 
-            dist.accept_fsdp()
-            fsdp.check_supported(cfg, get_estimator(cfg.algo).needs_critic)
-            settings = fsdp.fsdp_settings()
+            settings = fsdp.accept(cfg, get_estimator(cfg.algo).needs_critic)
             dist.broadcast_parameters(self.policy.parameters())  # the main process's weights, then sharded
             fsdp.shard_policy(self.policy, settings)
         self.value_head = ValueHead.for_policy(self.policy) if get_estimator(cfg.algo).needs_critic else None
@@ -801,7 +799,7 @@ class LMTrainer(RunLoop):
         if whole is None:
             self.check_weights_finite("refusing to write the checkpoint: the weights")
         else:
-            bad = [n for n, t in whole[0].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())][:5]
+            bad = nonfinite_names((n, t) for n, t in whole[0].items() if t.is_floating_point())
             if bad:
                 raise NonFiniteError(f"refusing to write the checkpoint: the weights hold non-finite values (NaN or "
                                      f"inf) in {', '.join(bad)} at iteration {self.iteration}; the last checkpoint in "
@@ -989,10 +987,8 @@ def train_lm(cfg: LMTrainConfig, policy: LMPolicy | None = None,
     (:func:`gagpo.rundir.check_start`; on the main process of a data-parallel run, whose error every
     process raises) before the model is loaded."""
     if dist.fsdp_launched():  # this trainer implements FSDP (gagpo.llm.fsdp): refuse what it does not, before loading
-        from .fsdp import check_supported, fsdp_settings
+        from .fsdp import accept
 
-        dist.accept_fsdp()
-        check_supported(cfg, get_estimator(cfg.algo).needs_critic)
-        fsdp_settings()
+        accept(cfg, get_estimator(cfg.algo).needs_critic)
     dist.call_on_main(check_start, cfg.run_dir(), resume=cfg.resume, overwrite=cfg.overwrite)
     return LMTrainer(cfg, policy=policy, eval_hook=eval_hook).train()

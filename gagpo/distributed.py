@@ -198,6 +198,12 @@ def init() -> None:
         torch.cuda.set_device(local_rank())
         backend = "cpu:gloo,cuda:nccl"
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "7200")))
+    # torch.distributed.nn.functional binds ``group=group.WORLD`` as default arguments when first imported: imported
+    # after the group exists (transformers imports it when it loads a model), ten module-level functions would hold
+    # the group past destroy_process_group, to be torn down during interpreter finalisation, where gloo's threads
+    # can abort the exit ("terminate called without an active exception"). Imported first, the defaults are None.
+    import torch.distributed.nn.functional  # noqa: F401
+
     tdist.init_process_group(backend=backend, timeout=timeout)
     import atexit
 

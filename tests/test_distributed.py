@@ -483,3 +483,40 @@ def test_every_estimator_declared_group_local_depends_on_its_group_only():
                 rows = np.flatnonzero(batch.group_id == g)
                 np.testing.assert_allclose(compute_advantages(name, batch.take(rows), cfg), whole[rows], rtol=1e-12,
                                            atol=1e-12, err_msg=f"{name} group {g}")
+
+
+#: run by torchrun on two CPU processes: joins the group, then imports and builds a transformers model (which imports
+#: torch.distributed.nn.functional), then leaves; exits 3 if the process group outlived gagpo's shutdown
+_RELEASE_SCRIPT = r'''
+import gc, sys, weakref
+import torch.distributed as tdist
+import gagpo.distributed as dist
+dist.init()
+group = weakref.ref(tdist.distributed_c10d._get_default_group())
+from transformers import LlamaConfig, LlamaForCausalLM
+LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             num_key_value_heads=2))
+assert "torch.distributed.nn.functional" in sys.modules
+dist._shutdown()
+gc.collect()
+if group() is not None:
+    print("the process group outlived destroy_process_group", flush=True)
+    sys.exit(3)
+'''
+
+
+@pytest.mark.slow
+def test_the_process_group_is_released_at_shutdown_after_loading_a_model(tmp_path):
+    """A process group that outlives ``destroy_process_group`` is torn down during interpreter finalisation, where
+    gloo's threads can abort a finished run's exit; torch.distributed.nn.functional (imported by transformers)
+    would hold the group in its functions' default arguments unless imported before the group exists."""
+    pytest.importorskip("transformers")
+    script = tmp_path / "release.py"
+    script.write_text(_RELEASE_SCRIPT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

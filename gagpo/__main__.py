@@ -7,6 +7,7 @@ import sys
 
 from .config import ENV_ALIASES, TrainConfig, add_dataclass_arguments, dataclass_from_args
 from .llm.devices import DTYPE_CHOICES
+from .llm.learning import PROFILES as LEARNING_PROFILES
 from .registry import estimator_names, get_estimator
 
 
@@ -115,16 +116,22 @@ def build_parser() -> argparse.ArgumentParser:
                                        "warm start, shared), then train it with each algorithm for every seed with the same env-step "
                                        "budget; held-out greedy success over training, medians with bootstrap intervals. Resumable: "
                                        "finished runs under <root>/<profile>/ are reused, interrupted ones resume. Writes "
-                                       "figures/lm_learning[_quick].{csv,md,png} (--quick: under <root>/quick/figures). On 2 CPU "
-                                       "cores: --quick a few minutes, the full profile (5 seeds) about 45 minutes.")
-    p_ll.add_argument("--quick", action="store_true", help="the quick profile (3 seeds, a short RL budget; a smoke run)")
+                                       "figures/lm_learning.{csv,md,png} (full), figures/lm_learning_full_sft400.* (full-sft400), "
+                                       "<root>/quick/figures/lm_learning_quick.* (quick). On 2 CPU cores: --quick a few minutes, "
+                                       "the full profile (5 seeds) about 40 minutes.")
+    p_ll.add_argument("--quick", action="store_true", help="the quick profile (3 seeds, a short RL budget; a smoke run); "
+                                                            "the same as --profile quick")
+    p_ll.add_argument("--profile", default=None, choices=list(LEARNING_PROFILES),
+                      help="the profile: full (the default; reports in figures/), quick, or full-sft400 (the first full "
+                           "profile: 400 SFT steps, 50 iterations; reports in figures/lm_learning_full_sft400.*)")
     p_ll.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's RL seeds")
     p_ll.add_argument("--algos", nargs="+", default=None, choices=estimator_names(), help="override the profile's algorithms")
     p_ll.add_argument("--report-only", action="store_true", help="train nothing; report the runs finished so far")
     p_ll.add_argument("--workers", type=int, default=2, help="parallel training processes (default: %(default)s)")
     p_ll.add_argument("--root", default="runs/lm_learning", help="where the runs live; reruns skip finished runs (default: %(default)s)")
     p_ll.add_argument("--figures-dir", default=None,
-                      help="where to write the CSV, report and figure (default: figures/; with --quick <root>/quick/figures)")
+                      help="where to write the CSV, report and figure (default: figures/ for the full and full-sft400 "
+                           "profiles, <root>/quick/figures for quick)")
     p_ll.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
     # a language model of real shape with random weights (gagpo.llm.bench; defaults = LMBenchSettings')
@@ -339,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "lm-learning":
         from .llm.learning import lm_learning
 
-        lm_learning(quick=args.quick, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
+        if args.quick and args.profile not in (None, "quick"):
+            parser.error(f"--quick is --profile quick; it contradicts --profile {args.profile}")
+        lm_learning(quick=args.quick, profile=args.profile, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
                     figures_dir=args.figures_dir, progress=args.progress, report_only=args.report_only,
                     command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0

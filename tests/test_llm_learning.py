@@ -173,7 +173,7 @@ def test_readme_quotes_the_committed_lm_learning_results():
     with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
         readme = fh.read()
     greedy, sampled = learning_summary(_committed("lm_learning.csv")), sampled_summary(_committed("lm_learning_sampled.csv"))
-    names = {"grpo": "GRPO, 50 iterations", "gigpo": "GiGPO", "gagpo": "GAGPO", "ppo": "PPO (value head)"}
+    names = {"grpo": f"GRPO, {PROFILES['full'].iterations} iterations", "gigpo": "GiGPO", "gagpo": "GAGPO", "ppo": "PPO (value head)"}
     for algo, name in names.items():
         g, s = greedy[algo], sampled[algo]
         row = (f"| {name} | {g['final'][0]:.2f} | {_ci(g['gain'], SIGNED)} | {s['final'][0]:.2f} | {_ci(s['gain'], SIGNED)} "
@@ -183,3 +183,40 @@ def test_readme_quotes_the_committed_lm_learning_results():
     assert start in readme, start
     assert f"from {sampled['gagpo']['start'][0]:.2f} to {sampled['gagpo']['final'][0]:.2f}" in readme
     assert _fmt(SIGNED, -0.0) == "+0.00"
+    assert f"greedy policy's held-out success to {greedy['gagpo']['final'][0]:.2f}" in readme
+    assert f"sampling policy's from {sampled['gagpo']['start'][0]:.2f} to {sampled['gagpo']['final'][0]:.2f}" in readme
+    # the first full profile, quoted beside it
+    first = PROFILES["full-sft400"]
+    g1, s1 = learning_summary(_committed("lm_learning_full_sft400.csv")), sampled_summary(_committed("lm_learning_full_sft400_sampled.csv"))
+    assert (f"imitated for {first.sft_steps} steps instead of {PROFILES['full'].sft_steps} and trained {first.iterations} iterations: "
+            f"from its start at {g1['gagpo']['start'][0]:.2f} greedy ({s1['gagpo']['start'][0]:.2f} sampled),") in " ".join(readme.split())
+    assert (f"GAGPO's greedy gain was {_ci(g1['gagpo']['gain'], SIGNED)} and its sampled gain {_ci(s1['gagpo']['gain'], SIGNED)}"
+            in " ".join(readme.split()))
+    # GAGPO's median greedy success at the last iteration the first profile trained
+    at = np.median([r["eval_success"] for r in _committed("lm_learning.csv") if r["algo"] == "gagpo" and r["iteration"] == first.iterations])
+    assert f"at iteration {first.iterations} of the new runs GAGPO's median greedy success is already {at:.2f}" in " ".join(readme.split())
+
+
+def test_registered_profiles_name_their_reports(tmp_path):
+    from gagpo.llm.learning import COMMITTED_PROFILES, report_stem
+
+    assert [report_stem(n) for n in ("full", "quick", "full-sft400")] == ["lm_learning", "lm_learning_quick", "lm_learning_full_sft400"]
+    assert set(COMMITTED_PROFILES) <= set(PROFILES) and "quick" not in COMMITTED_PROFILES
+    # the first full profile is kept as it ran: its committed CSV is its RL budget from its warm start
+    first = PROFILES["full-sft400"]
+    assert (first.sft_steps, first.iterations) == (400, 50)
+    assert {k: v for k, v in dataclasses.asdict(first).items() if k not in ("name", "label", "sft_steps", "iterations")} == \
+        {k: v for k, v in dataclasses.asdict(PROFILES["full"]).items() if k not in ("name", "label", "sft_steps", "iterations")}
+    rows = _committed("lm_learning_full_sft400.csv")
+    assert max(r["iteration"] for r in rows) == first.iterations
+    assert {(r["algo"], int(r["seed"])) for r in rows} == {(a, s) for a in first.algos for s in first.seeds}
+    with pytest.raises(ValueError, match="unknown profile 'nope'.*full-sft400"):
+        lm_learning(profile="nope", root=str(tmp_path), progress=False)
+
+
+def test_cli_quick_contradicting_profile():
+    from gagpo.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "lm-learning", "--quick", "--profile", "full"])
+    assert exc.value.code == 2

@@ -15,8 +15,8 @@ One supervised warm start, then reinforcement learning with each estimator, on a
    same held-out tasks with the same greedy decoding and prompts as the RL runs' evaluations (one
    model, deterministic decoding: the same number for every run).
 
-Outputs (``figures/`` for the full profile; ``<root>/<profile>/figures`` for ``--quick``):
-``lm_learning[_quick].csv`` (one row per run × evaluation: ``algo, seed, iteration, env_steps,
+Outputs (``figures/`` for the committed profiles ``full`` and ``full-sft400``; ``<root>/quick/figures`` for
+``--quick``), named by :func:`report_stem`: ``lm_learning[_quick|_full_sft400].csv`` (one row per run × evaluation: ``algo, seed, iteration, env_steps,
 eval_success, eval_invalid_rate``, then the training metrics of that iteration), ``.md`` (the table
 — medians over seeds with bootstrap intervals, as ``bench credit`` reports — and the target
 check: does GAGPO's median held-out success rise by ≥ :data:`TARGET_GAIN` over the SFT start?) and
@@ -42,7 +42,7 @@ from ..rundir import atomic_write, read_jsonl
 from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve, mean_over_run
 from ..tables import write_csv
 
-__all__ = ["LearningProfile", "PROFILES", "TARGET_GAIN", "CSV_COLUMNS", "SAMPLED_COLUMNS", "lm_learning", "warm_start",
+__all__ = ["LearningProfile", "PROFILES", "COMMITTED_PROFILES", "report_stem", "TARGET_GAIN", "CSV_COLUMNS", "SAMPLED_COLUMNS", "lm_learning", "warm_start",
            "learning_summary", "learning_table", "sampled_evaluation", "sampled_summary", "sampled_table"]
 
 TARGET_GAIN = 0.30
@@ -72,13 +72,13 @@ class LearningProfile:
     history: int = 0                            #: past (observation, action) pairs in a prompt
     max_new_tokens: int = 32
     # --- the warm start
-    sft_steps: int = 400
+    sft_steps: int = 350
     sft_lr: float = 1e-2
     sft_batch_size: int = 16
     sft_tasks: int = 1000                       #: expert episodes (task seeds 0..n-1)
     sft_seed: int = 0
     # --- RL
-    iterations: int = 50
+    iterations: int = 80
     tasks_per_iter: int = 4
     group_size: int = 8
     lr: float = 1e-4
@@ -136,7 +136,20 @@ PROFILES: dict[str, LearningProfile] = {
     "full": LearningProfile("full", seeds=tuple(range(5)), label="MiniHousehold level 1, tiny model, full profile"),
     "quick": LearningProfile("quick", seeds=(0, 1, 2), iterations=8, eval_every=4, eval_episodes=32, sampled_samples=0,
                              label="MiniHousehold level 1, tiny model, quick profile"),
+    # the first full profile: a longer warm start (400 SFT steps, a sharper policy) and 50 iterations of RL
+    "full-sft400": LearningProfile("full-sft400", seeds=tuple(range(5)), sft_steps=400, iterations=50,
+                                   label="MiniHousehold level 1, tiny model, 400 SFT steps, 50 iterations"),
 }
+"""The registered profiles (``--profile NAME``; ``--quick`` is ``--profile quick``)."""
+
+COMMITTED_PROFILES = ("full", "full-sft400")
+"""The profiles whose reports are committed in ``figures/`` (the others write under ``<root>/<name>/figures``)."""
+
+
+def report_stem(name: str) -> str:
+    """The file stem of a registered profile's report: ``lm_learning`` for ``full``, else
+    ``lm_learning_<name>`` (``-`` as ``_``): ``lm_learning_quick``, ``lm_learning_full_sft400``."""
+    return "lm_learning" if name == "full" else "lm_learning_" + name.replace("-", "_")
 
 
 # ====================================================================== the warm start
@@ -485,21 +498,28 @@ def learning_figure(rows: Sequence[Mapping[str, Any]], start: float, title: str,
 # ====================================================================== the benchmark
 def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | None = None, algos: Sequence[str] | None = None,
                 root: str = "runs/lm_learning", figures_dir: str | None = None, progress: bool = True,
-                command: str | None = None, profile: LearningProfile | None = None, report_only: bool = False) -> dict[str, Any]:
-    """Run (or resume, or just report) the benchmark; write ``lm_learning[_quick].{csv,md,png}``; return
+                command: str | None = None, profile: LearningProfile | str | None = None, report_only: bool = False) -> dict[str, Any]:
+    """Run (or resume, or just report) the benchmark; write ``<stem>.{csv,md,png}`` (:func:`report_stem`;
+    ``lm_learning`` for a profile that is not registered); return
     ``{"summary", "rows", "sft_history", "paths", "elapsed", "table"}``.
 
-    ``profile`` replaces the registered profile (tests use a smaller one); ``report_only`` trains
-    nothing and reports the runs finished so far (the warm start must exist)."""
+    ``profile``: the name of a registered profile (:data:`PROFILES`; default ``quick`` with ``quick``, else
+    ``full``) or a profile of one's own (tests use a smaller one; its report goes under ``<root>/<name>/figures``
+    unless ``figures_dir`` says otherwise); ``report_only`` trains nothing and reports the runs finished so
+    far (the warm start must exist)."""
     from ..registry import estimator_names
 
-    prof = profile or PROFILES["quick" if quick else "full"]
+    registered = not isinstance(profile, LearningProfile)
+    name = (profile or ("quick" if quick else "full")) if registered else profile.name
+    if registered and name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; expected one of {list(PROFILES)}")
+    prof = PROFILES[name] if registered else profile
     seeds = tuple(prof.seeds if seeds is None else seeds)
     algos = tuple(prof.algos if algos is None else algos)
     for a in algos:
         if a not in estimator_names():
             raise ValueError(f"unknown algo {a!r}; expected one of {list(estimator_names())}")
-    figures_dir = report_dir(figures_dir, quick or profile is not None, os.path.join(root, prof.name))
+    figures_dir = report_dir(figures_dir, not (registered and name in COMMITTED_PROFILES), os.path.join(root, prof.name))
     t0 = time.time()
     if report_only:
         path = os.path.join(prof.sft_config(root).run_dir(), "metrics.jsonl")
@@ -516,7 +536,7 @@ def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | No
         raise ValueError("no finished runs to report; run without --report-only first")
     labels = [(c.algo, c.seed) for c, _ in done]
     rows = tidy(prof, start, labels, [h for _, h in done])
-    stem = "lm_learning" + ("_quick" if quick else "")
+    stem = report_stem(name) if registered else "lm_learning"
     csv_path = os.path.join(figures_dir, stem + ".csv")
     write_csv(rows, csv_path, float_format=CSV_FLOAT)
     summary = learning_summary(rows)
@@ -535,7 +555,7 @@ def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | No
     elapsed = time.time() - t0
     title = f"{prof.label or prof.name}: {len(seeds)} seeds"
     png = learning_figure(rows, float(start["eval_success"]), title, stem, figures_dir, sampled_rows)
-    command = command or f"python -m gagpo bench lm-learning{' --quick' if quick else ''}"
+    command = command or "python -m gagpo bench lm-learning" + ("" if name == "full" else f" --profile {name}")
     all_configs = [prof.sft_config(root), *(c for c, _ in done)]
     produced = produced_by(command, all_configs, elapsed, workers)
     if sampled_rows:
@@ -545,7 +565,7 @@ def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | No
     text = learning_markdown(prof, summary, sft_history, len(done), len(configs), produced,
                              sampled_summary(sampled_rows) if sampled_rows else None)
     write_report(text, os.path.join(figures_dir, stem + ".md"))
-    comparison = None if profile is not None else compare_with_committed(learning_table(summary), figures_dir, stem + ".md")
+    comparison = None if not registered else compare_with_committed(learning_table(summary), figures_dir, stem + ".md")
     if comparison:
         print("\nThis table is " + comparison)
     return {"summary": summary, "rows": rows, "sft_history": sft_history, "paths": [*paths, png],

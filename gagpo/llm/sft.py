@@ -39,8 +39,8 @@ On a CPU, the tiny model on MiniHousehold level 1 (1,000 expert episodes, 4,000 
 took minutes on 2 shared CPU cores and raised the held-out greedy success above the untrained start's
 0 in development runs: the tiny model learns to copy the right object and receptacle names suddenly,
 after a seed-dependent number of steps. The committed measurement is ``bench lm-learning``'s warm start
-(:mod:`gagpo.llm.learning`: 400 steps with history 0, held-out greedy success 0.00 → 0.67,
-``figures/lm_learning.md``).
+(:mod:`gagpo.llm.learning`: 350 steps with history 0, held-out greedy success 0.00 → 0.56,
+``figures/lm_learning.md``; the first profile's 400 steps reached 0.67, ``figures/lm_learning_full_sft400.md``).
 
 Data parallel (:mod:`gagpo.distributed`): launched on N processes (``accelerate launch`` with
 ``gagpo/configs/accelerate_multi_gpu.yaml``, or ``torchrun``), one run takes the steps that one

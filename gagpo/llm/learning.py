@@ -5,7 +5,9 @@ One supervised warm start, then reinforcement learning with each estimator, on a
 1. **SFT warm start** (:mod:`gagpo.llm.sft`): the book's word-level Llama learns from MiniHousehold's
    expert episodes (:mod:`gagpo.llm.experts`) for a few hundred steps — enough that it sometimes
    acts well, not enough that it always does. One warm start is shared by every method and seed
-   (it lives in ``<root>/<profile>/sft``; a rerun reuses it).
+   (it lives in ``<root>/<profile>/sft``; a rerun reuses it). How long matters: from the 400-step warm start
+   of the first full profile (``full-sft400``, ``figures/lm_learning_full_sft400.md``) the same RL moved
+   the greedy policy by nothing measurable; from the full profile's 350 steps it gains about a third.
 2. **RL from that start** (:mod:`gagpo.llm.train`) with GRPO, GiGPO, GAGPO and PPO (a value head on
    the same model), the same environment-step budget for each (the same iterations × tasks × group
    size), the same learning rate, the same k3 KL penalty to the warm start (the reference policy

@@ -68,8 +68,10 @@ warning says so).
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import pickle
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
@@ -212,13 +214,42 @@ def init() -> None:
 
 def _shutdown() -> None:
     """At exit: wait for the other processes, then leave the group (a process that leaves while another
-    still talks to it can abort the other's exit)."""
+    still talks to it can abort the other's exit). A group that outlives ``destroy_process_group`` is torn
+    down during interpreter finalisation, where gloo's threads can abort a finished run's exit ("terminate
+    called without an active exception"); so the caches that would keep it alive are emptied first
+    (:func:`_release_dtensor_caches`), and ``torch.distributed.nn.functional`` is imported before the group
+    exists (:func:`init`)."""
     tdist = _dist()
     if tdist.is_initialized():
+        _release_dtensor_caches()
         try:
             tdist.barrier()
         finally:
             tdist.destroy_process_group()
+
+
+def _release_dtensor_caches() -> None:
+    """Empty DTensor's process-lifetime caches, which keep the ``DeviceMesh`` of past operations — hence the
+    process group — alive after the FSDP model is gone: the sharding-propagation caches (Python and C++; PyTorch's
+    own DTensor tests clear them at teardown), the redistribute planners and transform plans, and the mesh
+    topology cache. These are private PyTorch functions: the ones a version lacks are skipped
+    (``tests/test_distributed.py`` checks that the group is released). A no-op unless DTensor (FSDP) was used."""
+    if "torch.distributed.tensor" not in sys.modules:
+        return
+    import importlib
+
+    for module, path in (("torch.distributed.tensor.debug", "_clear_sharding_prop_cache"),
+                         ("torch.distributed.tensor._redistribute", "clear_redistribute_planner_cache"),
+                         ("torch.distributed.tensor._redistribute", "_gen_transform_infos.cache_clear"),
+                         ("torch.distributed.tensor._collective_utils", "MeshTopoInfo.build_from_mesh.cache_clear")):
+        try:
+            fn: Any = importlib.import_module(module)
+            for name in path.split("."):
+                fn = getattr(fn, name)
+        except (ImportError, AttributeError):
+            continue
+        fn()
+    gc.collect()
 
 
 def barrier() -> None:

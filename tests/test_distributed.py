@@ -485,18 +485,31 @@ def test_every_estimator_declared_group_local_depends_on_its_group_only():
                                            atol=1e-12, err_msg=f"{name} group {g}")
 
 
-#: run by torchrun on two CPU processes: joins the group, then imports and builds a transformers model (which imports
-#: torch.distributed.nn.functional), then leaves; exits 3 if the process group outlived gagpo's shutdown
+#: run by torchrun on two CPU processes: joins the group, then uses it as a run does — ``transformers`` imports and builds
+#: a model (which imports torch.distributed.nn.functional), ``fsdp`` shards a model with FSDP2, trains one step and
+#: gathers the whole weights (which fills DTensor's caches) — then leaves; exits 3 if the group outlived gagpo's shutdown
 _RELEASE_SCRIPT = r'''
 import gc, sys, weakref
+import torch
 import torch.distributed as tdist
 import gagpo.distributed as dist
 dist.init()
 group = weakref.ref(tdist.distributed_c10d._get_default_group())
-from transformers import LlamaConfig, LlamaForCausalLM
-LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             num_key_value_heads=2))
-assert "torch.distributed.nn.functional" in sys.modules
+if sys.argv[1] == "transformers":
+    from transformers import LlamaConfig, LlamaForCausalLM
+    LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2))
+    assert "torch.distributed.nn.functional" in sys.modules
+else:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (2,))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model(torch.ones(2, 4)).sum().backward()
+    whole = [p.full_tensor() for p in model.parameters()]
+    del model, mesh, whole
 dist._shutdown()
 gc.collect()
 if group() is not None:
@@ -506,10 +519,12 @@ if group() is not None:
 
 
 @pytest.mark.slow
-def test_the_process_group_is_released_at_shutdown_after_loading_a_model(tmp_path):
+@pytest.mark.parametrize("use", ["transformers", "fsdp"])
+def test_the_process_group_is_released_at_shutdown(tmp_path, use):
     """A process group that outlives ``destroy_process_group`` is torn down during interpreter finalisation, where
-    gloo's threads can abort a finished run's exit; torch.distributed.nn.functional (imported by transformers)
-    would hold the group in its functions' default arguments unless imported before the group exists."""
+    gloo's threads can abort a finished run's exit. torch.distributed.nn.functional (imported by transformers) would
+    hold the group in its functions' default arguments unless imported before the group exists; DTensor's caches
+    (filled by FSDP) would hold it through their meshes unless emptied at shutdown."""
     pytest.importorskip("transformers")
     script = tmp_path / "release.py"
     script.write_text(_RELEASE_SCRIPT)
@@ -517,6 +532,6 @@ def test_the_process_group_is_released_at_shutdown_after_loading_a_model(tmp_pat
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(script)]
+           "--master_port", str(free_port()), str(script), use]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

@@ -119,9 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "figures/lm_learning.{csv,md,png} (full), figures/lm_learning_full_sft400.* (full-sft400), "
                                        "<root>/quick/figures/lm_learning_quick.* (quick). On 2 CPU cores: --quick a few minutes, "
                                        "the full profile (5 seeds) about 40 minutes.")
-    p_ll.add_argument("--quick", action="store_true", help="the quick profile (3 seeds, a short RL budget; a smoke run); "
-                                                            "the same as --profile quick")
-    p_ll.add_argument("--profile", default=None, choices=list(LEARNING_PROFILES),
+    which = p_ll.add_mutually_exclusive_group()
+    which.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                       help="the quick profile (3 seeds, a short RL budget; a smoke run); the same as --profile quick")
+    which.add_argument("--profile", default=None, choices=list(LEARNING_PROFILES),
                       help="the profile: full (the default; reports in figures/), quick, or full-sft400 (the first full "
                            "profile: 400 SFT steps, 50 iterations; reports in figures/lm_learning_full_sft400.*)")
     p_ll.add_argument("--seeds", type=int, nargs="+", default=None, help="override the profile's RL seeds")
@@ -346,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench" and args.bench == "lm-learning":
         from .llm.learning import lm_learning
 
-        if args.quick and args.profile not in (None, "quick"):
-            parser.error(f"--quick is --profile quick; it contradicts --profile {args.profile}")
-        lm_learning(quick=args.quick, profile=args.profile, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
+        lm_learning(profile=args.profile, workers=args.workers, seeds=args.seeds, algos=args.algos, root=args.root,
                     figures_dir=args.figures_dir, progress=args.progress, report_only=args.report_only,
                     command="python -m gagpo " + " ".join(argv if argv is not None else sys.argv[1:]))
         return 0

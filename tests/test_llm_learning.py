@@ -160,14 +160,14 @@ def test_profile_describe_reads_fields():
 
 
 def _committed(name: str) -> list[dict]:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "figures", name)) as fh:
-        return [{k: (v if k == "algo" else float(v) if v != "" else v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    from gagpo.tables import read_csv
+
+    return read_csv(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "figures", name))
 
 
 def test_readme_quotes_the_committed_lm_learning_results():
     """Every number of the README's lm-learning table is recomputed from the committed CSVs."""
-    from gagpo.llm.learning import SIGNED, _ci, _fmt
+    from gagpo.llm.learning import SIGNED, format_ci, _fmt
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "README.md"), encoding="utf-8") as fh:
@@ -176,7 +176,7 @@ def test_readme_quotes_the_committed_lm_learning_results():
     names = {"grpo": f"GRPO, {PROFILES['full'].iterations} iterations", "gigpo": "GiGPO", "gagpo": "GAGPO", "ppo": "PPO (value head)"}
     for algo, name in names.items():
         g, s = greedy[algo], sampled[algo]
-        row = (f"| {name} | {g['final'][0]:.2f} | {_ci(g['gain'], SIGNED)} | {s['final'][0]:.2f} | {_ci(s['gain'], SIGNED)} "
+        row = (f"| {name} | {g['final'][0]:.2f} | {format_ci(g['gain'], SIGNED)} | {s['final'][0]:.2f} | {format_ci(s['gain'], SIGNED)} "
                f"| {s['ups']} of {s['n_seeds']} |")
         assert row in readme, row
     start = f"| after SFT (iteration 0 of every RL run) | {greedy['gagpo']['start'][0]:.2f} | | {sampled['gagpo']['start'][0]:.2f} | | |"
@@ -190,7 +190,7 @@ def test_readme_quotes_the_committed_lm_learning_results():
     g1, s1 = learning_summary(_committed("lm_learning_full_sft400.csv")), sampled_summary(_committed("lm_learning_full_sft400_sampled.csv"))
     assert (f"imitated for {first.sft_steps} steps instead of {PROFILES['full'].sft_steps} and trained {first.iterations} iterations: "
             f"from its start at {g1['gagpo']['start'][0]:.2f} greedy ({s1['gagpo']['start'][0]:.2f} sampled),") in " ".join(readme.split())
-    assert (f"GAGPO's greedy gain was {_ci(g1['gagpo']['gain'], SIGNED)} and its sampled gain {_ci(s1['gagpo']['gain'], SIGNED)}"
+    assert (f"GAGPO's greedy gain was {format_ci(g1['gagpo']['gain'], SIGNED)} and its sampled gain {format_ci(s1['gagpo']['gain'], SIGNED)}"
             in " ".join(readme.split()))
     # GAGPO's median greedy success at the last iteration the first profile trained
     at = np.median([r["eval_success"] for r in _committed("lm_learning.csv") if r["algo"] == "gagpo" and r["iteration"] == first.iterations])

@@ -44,7 +44,7 @@ from ..rundir import atomic_write, read_jsonl
 from ..stats import CI_LEVEL, FINAL_EVALS, N_BOOT, bootstrap_ci, eval_curve, mean_over_run
 from ..tables import write_csv
 
-__all__ = ["LearningProfile", "PROFILES", "COMMITTED_PROFILES", "report_stem", "TARGET_GAIN", "CSV_COLUMNS", "SAMPLED_COLUMNS", "lm_learning", "warm_start",
+__all__ = ["LearningProfile", "PROFILES", "COMMITTED_PROFILES", "report_stem", "SIGNED", "format_ci", "TARGET_GAIN", "CSV_COLUMNS", "SAMPLED_COLUMNS", "lm_learning", "warm_start",
            "learning_summary", "learning_table", "sampled_evaluation", "sampled_summary", "sampled_table"]
 
 TARGET_GAIN = 0.30
@@ -312,7 +312,7 @@ def sampled_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             "gain over the start", "seeds above the start"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * (len(head) - 2)]
     for algo, s in summary.items():
-        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], SIGNED),
+        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", format_ci(s["final"]), format_ci(s["gain"], SIGNED),
                  f"{s['ups']} of {s['n_seeds']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -382,7 +382,9 @@ def _fmt(fmt: str, x: float) -> str:
     return "+" + text[1:] if fmt == SIGNED and text.startswith("-") and float(text) == 0 else text
 
 
-def _ci(t: Sequence[float], fmt: str = "{:.2f}") -> str:
+def format_ci(t: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """``estimate [low, high]`` of an ``(estimate, low, high)`` triple in the reports' format (``fmt``: e.g.
+    :data:`SIGNED` for gains); "—" when the estimate is not finite."""
     est, lo, hi = t
     return "—" if not np.isfinite(est) else f"{_fmt(fmt, est)} [{_fmt(fmt, lo)}, {_fmt(fmt, hi)}]"
 
@@ -393,8 +395,8 @@ def learning_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
             "mean held-out success over the run", "final invalid-action rate", "KL to the SFT model at the end"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---|" * (len(head) - 2)]
     for algo, s in summary.items():
-        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", _ci(s["final"]), _ci(s["gain"], SIGNED), _ci(s["auc"]),
-                 _ci(s["final_invalid"]), _ci(s["kl_ref"], "{:.3f}")]
+        cells = [algo, str(s["n_seeds"]), f"{s['start'][0]:.2f}", format_ci(s["final"]), format_ci(s["gain"], SIGNED), format_ci(s["auc"]),
+                 format_ci(s["final_invalid"]), format_ci(s["kl_ref"], "{:.3f}")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -567,7 +569,7 @@ def lm_learning(quick: bool = False, workers: int = 2, seeds: Sequence[int] | No
     text = learning_markdown(prof, summary, sft_history, len(done), len(configs), produced,
                              sampled_summary(sampled_rows) if sampled_rows else None)
     write_report(text, os.path.join(figures_dir, stem + ".md"))
-    comparison = None if not registered else compare_with_committed(learning_table(summary), figures_dir, stem + ".md")
+    comparison = compare_with_committed(learning_table(summary), figures_dir, stem + ".md") if registered else None
     if comparison:
         print("\nThis table is " + comparison)
     return {"summary": summary, "rows": rows, "sft_history": sft_history, "paths": [*paths, png],
